@@ -1,0 +1,105 @@
+"""Orbax checkpoints: train state + data-iterator state + config, saved atomically and async.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a process
+killed mid-save leaves no loadable half-written step; `latest_step` only sees finished ones.
+Restores go straight into the target shardings, which may belong to a different mesh.
+"""
+import json
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be written or does not fit the configured model."""
+
+
+def _check_writable(directory: epath.Path) -> None:
+  if jax.process_index() != 0:
+    return
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write_probe_{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointError(f"checkpoint directory {directory} is not writable ({e}); fix its "
+                          f"permissions or free space, or pass another --workdir") from e
+
+
+class Checkpointer:
+  """Wraps an orbax CheckpointManager with the items every stage saves."""
+
+  def __init__(self, directory, every: int, keep: int, async_save: bool = True):
+    self.directory = epath.Path(directory)
+    _check_writable(self.directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=async_save,
+        create=True, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data", "config"),
+                                         options=options)
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return self.manager.should_save(step)
+
+  def save(self, step: int, state, data_iter, config_json: str, force: bool = False) -> bool:
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iter),
+        config=ocp.args.JsonSave(json.loads(config_json)))
+    try:
+      return self.manager.save(step, args=args, force=force)
+    except OSError as e:
+      raise CheckpointError(f"saving checkpoint step {step} to {self.directory} failed ({e}); "
+                            f"earlier checkpoints are intact") from e
+
+  def check_compatible(self, step: int, abstract_state) -> None:
+    """Raises CheckpointError naming the first leaf whose path or shape differs."""
+    meta = self.manager.item_metadata(step)["state"]
+    if meta is None:
+      return
+    want = {jax.tree_util.keystr(p): tuple(l.shape)
+            for p, l in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    have = {jax.tree_util.keystr(p): tuple(getattr(l, "shape", ()) or ())
+            for p, l in jax.tree_util.tree_flatten_with_path(meta)[0]}
+    for key, shape in want.items():
+      if key not in have:
+        raise CheckpointError(f"checkpoint {self.directory}/{step} has no entry {key} (expected "
+                              f"shape {shape}): it was written by another config or stage")
+      if have[key] != shape:
+        raise CheckpointError(f"checkpoint {self.directory}/{step}: {key} has shape {have[key]} "
+                              f"but this config expects {shape}: it was written by another "
+                              f"config or stage")
+    extra = sorted(set(have) - set(want))
+    if extra:
+      raise CheckpointError(f"checkpoint {self.directory}/{step} has entry {extra[0]} that this "
+                            f"config does not: it was written by another config or stage")
+
+  def restore(self, step: int, abstract_state, data_iter):
+    """Restores (state, data_iter) at `step`; abstract_state carries the target shardings."""
+    self.check_compatible(step, abstract_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    logging.info("restored checkpoint step %d from %s", step, self.directory)
+    return restored["state"], restored["data"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_tree, shardings)
+

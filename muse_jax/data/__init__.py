@@ -1,0 +1,1 @@
+"""Input pipelines (grain), built-in datasets and preprocessing."""

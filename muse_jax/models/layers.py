@@ -1,0 +1,135 @@
+"""Transformer building blocks with logical axis names on every parameter.
+
+Parameters are float32; matmuls run in the module's `dtype`; attention softmax is float32.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from muse_jax.parallel import axes
+
+Dtype = Any
+INIT_STD = 0.02
+
+
+def _init(names, std=INIT_STD):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros, names)
+
+
+def layer_norm(dtype, name=None, axis=axes.EMBED):
+  """LayerNorm over the last dimension (logical axis `axis`), statistics in float32."""
+  return nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+                      bias_init=_zeros((axis,)))
+
+
+def dense(features, kernel_axes, dtype, axis=-1, name=None, use_bias=True):
+  """DenseGeneral whose kernel has logical axes `kernel_axes` and bias the output axes."""
+  n_out = 1 if isinstance(features, int) else len(features)
+  return nn.DenseGeneral(features=features, axis=axis, dtype=dtype, param_dtype=jnp.float32,
+                         use_bias=use_bias, kernel_init=_init(kernel_axes),
+                         bias_init=_zeros(kernel_axes[-n_out:]), name=name)
+
+
+class MultiHeadAttention(nn.Module):
+  """Attention of queries x_BxQxD over keys/values kv_BxKxD.
+
+  mask_BxK: which keys may be attended (None: all). Returns y_BxQxD.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxQxD, kv_BxKxD, mask_BxK=None):
+    d = x_BxQxD.shape[-1]
+    qkv_axes = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+    feats = (self.num_heads, self.head_dim)
+    q_BxQxHxK = dense(feats, qkv_axes, self.dtype, name="query")(x_BxQxD)
+    k_BxSxHxK = dense(feats, qkv_axes, self.dtype, name="key")(kv_BxKxD)
+    v_BxSxHxK = dense(feats, qkv_axes, self.dtype, name="value")(kv_BxKxD)
+    q_BxQxHxK = q_BxQxHxK * jnp.asarray(self.head_dim ** -0.5, self.dtype)
+    logits_BxHxQxS = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK,
+                                preferred_element_type=jnp.float32)
+    if mask_BxK is not None:
+      logits_BxHxQxS = jnp.where(mask_BxK[:, None, None, :], logits_BxHxQxS,
+                                 jnp.finfo(jnp.float32).min)
+    probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(self.dtype)
+    out_BxQxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxS, v_BxSxHxK)
+    return dense(d, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), self.dtype, axis=(-2, -1),
+                 name="out")(out_BxQxHxK)
+
+
+class Mlp(nn.Module):
+  """Position-wise MLP: x_BxNxD -> GELU(x W1) W2, same shape."""
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxNxD):
+    d = x_BxNxD.shape[-1]
+    h_BxNxF = dense(self.mlp_dim, (axes.EMBED, axes.MLP), self.dtype, name="wi")(x_BxNxD)
+    h_BxNxF = nn.with_logical_constraint(nn.gelu(h_BxNxF), (axes.BATCH, axes.LENGTH, axes.MLP))
+    return dense(d, (axes.MLP, axes.EMBED), self.dtype, name="wo")(h_BxNxF)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-LN block: self-attention, optional cross-attention to context, MLP.
+
+  x_BxNxD: image stream. ctx_BxTxD / ctx_mask_BxT: context (projected text) or None for a pure
+  self-attention block. Examples whose context mask is all False skip cross-attention entirely, so
+  for them the block is image self-attention + MLP. Scannable: returns (x_BxNxD, None).
+  """
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  cross_attention: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None):
+    act_axes = (axes.BATCH, axes.LENGTH, axes.EMBED)
+    x_BxNxD = nn.with_logical_constraint(x_BxNxD, act_axes)
+    h = layer_norm(self.dtype, "ln_self")(x_BxNxD)
+    x_BxNxD = x_BxNxD + MultiHeadAttention(self.num_heads, self.head_dim, self.dtype,
+                                           name="self_attn")(h, h)
+    if self.cross_attention:
+      h = layer_norm(self.dtype, "ln_cross")(x_BxNxD)
+      y = MultiHeadAttention(self.num_heads, self.head_dim, self.dtype,
+                             name="cross_attn")(h, ctx_BxTxD, ctx_mask_BxT)
+      has_ctx_B = jnp.any(ctx_mask_BxT, axis=-1)
+      x_BxNxD = x_BxNxD + jnp.where(has_ctx_B[:, None, None], y, jnp.zeros_like(y))
+    h = layer_norm(self.dtype, "ln_mlp")(x_BxNxD)
+    x_BxNxD = x_BxNxD + Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
+    return nn.with_logical_constraint(x_BxNxD, act_axes), None
+
+
+class BlockStack(nn.Module):
+  """`num_layers` TransformerBlocks under nn.scan (one compiled layer; params stacked on a leading
+  "layers" axis) with optional rematerialisation. x_BxNxD -> same shape."""
+  num_layers: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  cross_attention: bool = True
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None):
+    block = TransformerBlock
+    if self.remat:
+      block = nn.remat(block, prevent_cse=False,
+                       policy=jax.checkpoint_policies.nothing_saveable)
+    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
+                    metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+    x_BxNxD, _ = stack(self.num_heads, self.head_dim, self.mlp_dim, self.cross_attention,
+                       self.dtype, name="layers")(x_BxNxD, ctx_BxTxD, ctx_mask_BxT)
+    return x_BxNxD

@@ -1,0 +1,1 @@
+"""Mesh creation, logical axis rules and shardings."""

@@ -1,0 +1,105 @@
+"""Stage `base`: the masked transformer over 16x16 image tokens, conditioned on text states.
+
+Loss: cross-entropy on the masked positions only. Each example masks exactly ceil(r N) tokens with
+r from config.masking.rate (arccos by default); a config.masking.text_drop_prob fraction of the
+examples lose their text (all-False text mask) to train the unconditional branch used by
+classifier-free guidance.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from muse_jax import masking
+from muse_jax.data import synthetic
+from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
+from muse_jax.parallel import axes
+from muse_jax.train import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+  rate: str = "arccos"
+  text_drop_prob: float = 0.1
+
+  def __post_init__(self):
+    if self.rate not in masking.RATE_DISTRIBUTIONS:
+      raise ValueError(f"masking.rate={self.rate!r}; expected one of {masking.RATE_DISTRIBUTIONS}")
+    if not 0.0 <= self.text_drop_prob <= 1.0:
+      raise ValueError(f"masking.text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
+
+
+def masked_token_loss(logits_BxNxV, targets_BxN, mask_BxN):
+  """Mean cross-entropy and accuracy over masked positions (float32)."""
+  logp_BxNxV = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32), axis=-1)
+  nll_BxN = -jnp.take_along_axis(logp_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+  weight_BxN = mask_BxN.astype(jnp.float32)
+  denom = jnp.maximum(weight_BxN.sum(), 1.0)
+  loss = (nll_BxN * weight_BxN).sum() / denom
+  correct_BxN = (jnp.argmax(logits_BxNxV, axis=-1) == targets_BxN).astype(jnp.float32)
+  return loss, (correct_BxN * weight_BxN).sum() / denom
+
+
+class BaseTask:
+  """init_params / init_state / train_step / eval_step for the base stage."""
+
+  def __init__(self, config):
+    self.config = config
+    self.model_cfg = TransformerConfig(**config.model.to_dict())
+    self.masking_cfg = MaskingConfig(**config.masking.to_dict())
+    self.model = MaskedTransformer(self.model_cfg)
+    self.text_length = int(config.data.text_length)
+
+  # Shapes -------------------------------------------------------------------------------------
+  def batch_spec(self, batch_size: int) -> dict:
+    """name -> (ShapeDtypeStruct, logical axes) of one global batch."""
+    c = self.model_cfg
+    return {
+        "tokens": (jax.ShapeDtypeStruct((batch_size, c.seq_len), jnp.int32),
+                   (axes.BATCH, axes.LENGTH)),
+        "txt": (jax.ShapeDtypeStruct((batch_size, self.text_length, c.text_dim), jnp.float32),
+                (axes.BATCH, axes.TEXT_LENGTH, axes.TEXT_EMBED)),
+        "txt_mask": (jax.ShapeDtypeStruct((batch_size, self.text_length), jnp.bool_),
+                     (axes.BATCH, axes.TEXT_LENGTH)),
+    }
+
+  def init_params(self, rng):
+    """Boxed (nn.Partitioned) float32 params."""
+    spec = {k: v[0] for k, v in self.batch_spec(1).items()}
+    dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
+    return self.model.init(rng, dummy["tokens"], dummy["txt"], dummy["txt_mask"])["params"]
+
+  def init_state(self, rng, tx: optax.GradientTransformation):
+    return step_lib.init_state(self.init_params, rng, tx)
+
+  # Steps --------------------------------------------------------------------------------------
+  def loss_fn(self, params, batch, rng):
+    tokens_BxN = batch["tokens"]
+    b, n = tokens_BxN.shape
+    mask_rng, drop_rng = jax.random.split(rng)
+    mask_BxN, rate_B = masking.training_mask(mask_rng, b, n, self.masking_cfg.rate)
+    keep_text_B = jax.random.uniform(drop_rng, (b,)) >= self.masking_cfg.text_drop_prob
+    txt_mask_BxT = batch["txt_mask"] & keep_text_B[:, None]
+    inputs_BxN = jnp.where(mask_BxN, self.model_cfg.mask_id, tokens_BxN)
+    logits = self.model.apply({"params": params}, inputs_BxN, batch["txt"], txt_mask_BxT)
+    loss, acc = masked_token_loss(logits, tokens_BxN, mask_BxN)
+    return loss, {"loss": loss, "masked_acc": acc, "mask_rate": rate_B.mean(),
+                  "text_kept": keep_text_B.mean()}
+
+  def train_step(self, state, batch, rng, tx):
+    return step_lib.gradient_step(self.loss_fn, state, batch, rng, tx)
+
+  def eval_step(self, params, batch, rng):
+    return self.loss_fn(params, batch, rng)[1]
+
+  # Data ---------------------------------------------------------------------------------------
+  def make_source(self):
+    d = self.config.data
+    if d.source == "synthetic":
+      c = self.model_cfg
+      return synthetic.SyntheticTokenSource(
+          num_examples=d.num_examples, seq_len=c.seq_len, codebook_size=c.codebook_size,
+          text_length=self.text_length, text_dim=c.text_dim, seed=d.seed)
+    raise ValueError(f"data.source={d.source!r} is not available for stage 'base'; "
+                     f"expected 'synthetic'")

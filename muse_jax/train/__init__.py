@@ -1,0 +1,1 @@
+"""The one train loop, its state and optimizers."""

@@ -1,0 +1,232 @@
+"""The one train loop. A task supplies init_params / init_state / train_step / batch_spec /
+make_source; the loop owns the mesh, shardings, compilation, data, checkpoints, metrics and
+preemption, identically for every stage."""
+import functools
+import signal
+import threading
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import tensorboardX
+import tqdm
+from absl import logging
+from etils import epath
+
+from muse_jax import checkpoint as ckpt_lib
+from muse_jax import tasks
+from muse_jax.data import pipeline
+from muse_jax.parallel import axes, mesh as mesh_lib, sharding as sharding_lib
+from muse_jax.train import optimizers
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step produces a NaN/inf loss or gradient."""
+
+
+class Setup:
+  """Everything derived from a config before any step runs: task, mesh, shardings, optimizer and
+  the compiled train step. Built without data or device memory beyond the state itself, so
+  configuration mistakes fail here, in seconds."""
+
+  def __init__(self, config, devices=None):
+    self.config = config
+    self.task = tasks.get_task(config)
+    self.rules = axes.rules_from_config(config.axis_rules)
+    self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+    self.global_batch = int(config.train.batch_size)
+    split = mesh_lib.batch_axis_size(self.mesh, self.rules)
+    if self.global_batch % split:
+      raise ValueError(f"train.batch_size={self.global_batch} is not divisible by the {split} "
+                       f"ways the batch is split over the mesh {dict(self.mesh.shape)}")
+    pipeline.local_batch_size(self.global_batch, jax.process_count())
+    if config.train.num_steps <= 0:
+      raise ValueError(f"train.num_steps must be positive, got {config.train.num_steps}")
+    self.tx, self.schedule = optimizers.make_optimizer(config.optim, config.train.num_steps)
+
+    rng = jax.random.key(config.seed)
+    with self.context():
+      boxed = jax.eval_shape(self.task.init_params, rng)
+      self.abstract_state = jax.eval_shape(functools.partial(self.task.init_state, tx=self.tx), rng)
+    self.state_shardings = sharding_lib.state_shardings(self.mesh, self.rules, boxed,
+                                                        self.abstract_state)
+    spec = self.task.batch_spec(self.global_batch)
+    self.batch_abstract = {k: v[0] for k, v in spec.items()}
+    self.batch_shardings = {k: mesh_lib.logical_sharding(self.mesh, self.rules, v[1])
+                            for k, v in spec.items()}
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+  def context(self):
+    """Mesh + logical-axis-rules context under which model code is traced."""
+    return _Both(self.mesh, nn.logical_axis_rules(self.rules))
+
+  def init_state(self, rng):
+    """The train state, born sharded."""
+    with self.context():
+      init = jax.jit(functools.partial(self.task.init_state, tx=self.tx),
+                     out_shardings=self.state_shardings)
+      return init(rng)
+
+  def lower_train_step(self):
+    """The jitted, donated train step lowered with explicit in/out shardings."""
+    step = functools.partial(self.task.train_step, tx=self.tx)
+    jitted = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings,
+                                         self.replicated),
+                     out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+    abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    abstract_batch = ckpt_lib.abstract_with_shardings(self.batch_abstract, self.batch_shardings)
+    with self.context():
+      return jitted.lower(abstract_state, abstract_batch,
+                          jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+                                               sharding=self.replicated))
+
+
+class _Both:
+  def __init__(self, *ctxs):
+    self.ctxs = ctxs
+
+  def __enter__(self):
+    for c in self.ctxs:
+      c.__enter__()
+
+  def __exit__(self, *exc):
+    for c in reversed(self.ctxs):
+      c.__exit__(*exc)
+
+
+def memory_report(compiled) -> str:
+  m = compiled.memory_analysis()
+  if m is None:
+    return "memory analysis unavailable on this backend"
+  gib = 2.0 ** 30
+  return (f"per-device memory: arguments {m.argument_size_in_bytes / gib:.3f} GiB, outputs "
+          f"{m.output_size_in_bytes / gib:.3f} GiB, temporaries {m.temp_size_in_bytes / gib:.3f} "
+          f"GiB, aliased {m.alias_size_in_bytes / gib:.3f} GiB, generated code "
+          f"{m.generated_code_size_in_bytes / gib:.3f} GiB")
+
+
+class _Preemption:
+  """SIGTERM sets a flag that the loop reads between steps (single process). With several
+  processes, the jax.distributed preemption sync point makes all of them stop at the same step."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+
+  def reached(self, step: int, manager) -> bool:
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self.requested.is_set()
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _first_nonfinite(metrics: dict):
+  for k in ("loss", "grad_norm"):
+    if k in metrics and not np.isfinite(metrics[k]):
+      return k
+  return None
+
+
+def run(config, workdir: str, devices=None) -> dict:
+  """Trains config.stage until config.train.num_steps, resuming from workdir's latest checkpoint.
+
+  Returns {"losses": {step: loss}, "start_step", "final_step", "preempted"}.
+  """
+  workdir = epath.Path(workdir)
+  setup = Setup(config, devices)
+  is_main = jax.process_index() == 0
+  cfg = config.train
+  num_steps = int(cfg.num_steps)
+
+  compiled = setup.lower_train_step().compile()
+  logging.info("train step compiled for mesh %s; %s", dict(setup.mesh.shape),
+               memory_report(compiled))
+
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.checkpoint.every,
+                                       config.checkpoint.keep, config.checkpoint.async_save)
+  ds = pipeline.make_dataset(setup.task.make_source(), setup.global_batch, config.data.seed,
+                             jax.process_index(), jax.process_count())
+  data_iter = pipeline.make_iterator(ds, num_threads=config.data.num_threads)
+  base_rng = jax.random.key(config.seed)
+
+  start = checkpointer.latest_step()
+  if start is None:
+    state = setup.init_state(base_rng)
+    start = 0
+  else:
+    abstract = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+    state, data_iter = checkpointer.restore(start, abstract, data_iter)
+  param_count = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("stage %s: %d parameters, start step %d of %d", config.stage, param_count, start,
+               num_steps)
+
+  writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard")) if is_main else None
+  bar = tqdm.tqdm(total=num_steps, initial=start, desc=f"train {config.stage}", unit="step",
+                  disable=not is_main, dynamic_ncols=True)
+  preemption = _Preemption()
+  config_json = config.to_json_best_effort()
+  losses, pending, preempted = {}, None, False
+  last_good = start
+  t_last, steps_since = time.perf_counter(), 0
+
+  def consume(step_done: int, metrics) -> None:
+    """Host-side handling of a finished step's metrics (step_done = step count after it)."""
+    nonlocal t_last, steps_since
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bad = _first_nonfinite(metrics)
+    if bad is not None:
+      checkpointer.wait()
+      raise NonFiniteLossError(
+          f"{bad} is {metrics[bad]} at step {step_done}; stopping. The last good checkpoint "
+          f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is intact; lower "
+          f"optim.lr or check the data before resuming.")
+    losses[step_done] = metrics["loss"]
+    steps_since += 1
+    now = time.perf_counter()
+    if is_main and (step_done % cfg.log_every == 0 or step_done == num_steps):
+      rate = steps_since / max(now - t_last, 1e-9)
+      t_last, steps_since = now, 0
+      metrics["steps_per_sec"] = rate
+      metrics["lr"] = float(setup.schedule(step_done - 1))
+      for k, v in metrics.items():
+        writer.add_scalar(f"train/{k}", v, step_done)
+      bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                      acc=f"{metrics.get('masked_acc', float('nan')):.3f}",
+                      steps_s=f"{rate:.2f}")
+      logging.info("step %d: %s", step_done,
+                   ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
+
+  try:
+    for step in range(start, num_steps):
+      local = next(data_iter)
+      batch = pipeline.to_global_batch(local, setup.batch_shardings)
+      state, metrics = compiled(state, batch, base_rng)
+      if pending is not None:
+        consume(*pending)        # step t-1's metrics, read after step t was dispatched
+      pending = (step + 1, metrics)
+      bar.update(1)
+      stop = preemption.reached(step + 1, checkpointer.manager)
+      if stop or checkpointer.should_save(step + 1) or step + 1 == num_steps:
+        consume(*pending)        # never save a state whose loss we have not checked
+        pending = None
+        checkpointer.save(step + 1, state, data_iter, config_json, force=True)
+        last_good = step + 1
+      if stop:
+        logging.warning("preemption requested: saved step %d, exiting", step + 1)
+        preempted = True
+        break
+    if pending is not None:
+      consume(*pending)
+  finally:
+    bar.close()
+    preemption.restore()
+    checkpointer.close()
+    if writer is not None:
+      writer.close()
+  return {"losses": losses, "start_step": start, "final_step": last_good, "preempted": preempted}
