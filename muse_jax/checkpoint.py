@@ -13,6 +13,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from muse_jax import treepath
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be written or does not fit the configured model."""
@@ -36,18 +38,24 @@ class Checkpointer:
 
   def __init__(self, directory, every: int, keep: int, async_save: bool = True):
     self.directory = epath.Path(directory)
+    if every <= 0 or keep <= 0:
+      raise ValueError(f"checkpoint.every and checkpoint.keep must be positive, got {every}, {keep}")
+    self.every = int(every)
     _check_writable(self.directory)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=async_save,
         create=True, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data", "config"),
-                                         options=options)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
 
   def latest_step(self):
     return self.manager.latest_step()
 
   def should_save(self, step: int) -> bool:
-    return self.manager.should_save(step)
+    return step % self.every == 0
 
   def save(self, step: int, state, data_iter, config_json: str, force: bool = False) -> bool:
     args = ocp.args.Composite(
@@ -65,9 +73,9 @@ class Checkpointer:
     meta = self.manager.item_metadata(step)["state"]
     if meta is None:
       return
-    want = {jax.tree_util.keystr(p): tuple(l.shape)
+    want = {treepath.show(p): tuple(l.shape)
             for p, l in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-    have = {jax.tree_util.keystr(p): tuple(getattr(l, "shape", ()) or ())
+    have = {treepath.show(p): tuple(getattr(l, "shape", ()) or ())
             for p, l in jax.tree_util.tree_flatten_with_path(meta)[0]}
     for key, shape in want.items():
       if key not in have:

@@ -29,12 +29,35 @@ def layer_norm(dtype, name=None, axis=axes.EMBED):
                       bias_init=_zeros((axis,)))
 
 
-def dense(features, kernel_axes, dtype, axis=-1, name=None, use_bias=True):
-  """DenseGeneral whose kernel has logical axes `kernel_axes` and bias the output axes."""
-  n_out = 1 if isinstance(features, int) else len(features)
-  return nn.DenseGeneral(features=features, axis=axis, dtype=dtype, param_dtype=jnp.float32,
-                         use_bias=use_bias, kernel_init=_init(kernel_axes),
-                         bias_init=_zeros(kernel_axes[-n_out:]), name=name)
+class Dense(nn.Module):
+  """Contracts the last `in_dims` dimensions of x with a kernel of shape in_shape + features.
+
+  x_...xI -> y_...xF. The kernel carries `kernel_axes` (one logical name per kernel dimension),
+  the bias the trailing len(features) names. (flax's DenseGeneral reshapes multi-dimensional
+  kernels to 2D inside its initializer, which breaks logical sharding constraints.)
+  """
+  features: tuple
+  kernel_axes: tuple
+  in_dims: int = 1
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    feats = tuple(self.features)
+    kernel = self.param("kernel", _init(self.kernel_axes),
+                        tuple(x.shape[x.ndim - self.in_dims:]) + feats, jnp.float32)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
+    if self.use_bias:
+      bias = self.param("bias", _zeros(self.kernel_axes[-len(feats):]), feats, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def dense(features, kernel_axes, dtype, in_dims=1, name=None, use_bias=True):
+  """A Dense layer; `features` an int or a tuple of output dimensions."""
+  feats = (features,) if isinstance(features, int) else tuple(features)
+  return Dense(feats, tuple(kernel_axes), in_dims, use_bias, dtype, name=name)
 
 
 class MultiHeadAttention(nn.Module):
@@ -62,7 +85,7 @@ class MultiHeadAttention(nn.Module):
                                  jnp.finfo(jnp.float32).min)
     probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(self.dtype)
     out_BxQxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxS, v_BxSxHxK)
-    return dense(d, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), self.dtype, axis=(-2, -1),
+    return dense(d, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), self.dtype, in_dims=2,
                  name="out")(out_BxQxHxK)
 
 

@@ -4,9 +4,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-
-def _key_str(k):
-  return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+from muse_jax import treepath
 
 
 def _derived_spec(param_shape, param_spec, shape):
@@ -36,11 +34,11 @@ def state_shardings(mesh, rules, boxed_params, abstract_state):
   for (path, leaf), spec in zip(
       jax.tree_util.tree_flatten_with_path(abstract_params)[0],
       jax.tree.leaves(param_specs, is_leaf=lambda x: isinstance(x, P))):
-    by_path[tuple(_key_str(k) for k in path)] = (leaf.shape, spec)
+    by_path[treepath.names(path)] = (leaf.shape, spec)
   longest = max((len(p) for p in by_path), default=0)
 
   def leaf_sharding(path, leaf):
-    keys = tuple(_key_str(k) for k in path)
+    keys = treepath.names(path)
     for n in range(min(longest, len(keys)), 0, -1):
       hit = by_path.get(keys[-n:])
       if hit is not None:

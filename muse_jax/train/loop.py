@@ -1,7 +1,9 @@
 """The one train loop. A task supplies init_params / init_state / train_step / batch_spec /
 make_source; the loop owns the mesh, shardings, compilation, data, checkpoints, metrics and
 preemption, identically for every stage."""
+import contextlib
 import functools
+import json
 import signal
 import threading
 import time
@@ -57,9 +59,11 @@ class Setup:
                             for k, v in spec.items()}
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
+  @contextlib.contextmanager
   def context(self):
     """Mesh + logical-axis-rules context under which model code is traced."""
-    return _Both(self.mesh, nn.logical_axis_rules(self.rules))
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
 
   def init_state(self, rng):
     """The train state, born sharded."""
@@ -80,19 +84,6 @@ class Setup:
       return jitted.lower(abstract_state, abstract_batch,
                           jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                                                sharding=self.replicated))
-
-
-class _Both:
-  def __init__(self, *ctxs):
-    self.ctxs = ctxs
-
-  def __enter__(self):
-    for c in self.ctxs:
-      c.__enter__()
-
-  def __exit__(self, *exc):
-    for c in reversed(self.ctxs):
-      c.__exit__(*exc)
 
 
 def memory_report(compiled) -> str:
@@ -167,6 +158,8 @@ def run(config, workdir: str, devices=None) -> dict:
                num_steps)
 
   writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard")) if is_main else None
+  # Plain-text metrics next to TensorBoard: one JSON object per logged step (appended on resume).
+  metrics_file = (workdir / "metrics.jsonl").open("a") if is_main else None
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=f"train {config.stage}", unit="step",
                   disable=not is_main, dynamic_ncols=True)
   preemption = _Preemption()
@@ -196,6 +189,8 @@ def run(config, workdir: str, devices=None) -> dict:
       metrics["lr"] = float(setup.schedule(step_done - 1))
       for k, v in metrics.items():
         writer.add_scalar(f"train/{k}", v, step_done)
+      metrics_file.write(json.dumps({"step": step_done, **metrics}) + "\n")
+      metrics_file.flush()
       bar.set_postfix(loss=f"{metrics['loss']:.4f}",
                       acc=f"{metrics.get('masked_acc', float('nan')):.3f}",
                       steps_s=f"{rate:.2f}")
@@ -229,4 +224,5 @@ def run(config, workdir: str, devices=None) -> dict:
     checkpointer.close()
     if writer is not None:
       writer.close()
+      metrics_file.close()
   return {"losses": losses, "start_step": start, "final_step": last_good, "preempted": preempted}

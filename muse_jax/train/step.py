@@ -18,5 +18,5 @@ def gradient_step(loss_fn, state: TrainState, batch, rng, tx):
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,0 +1,55 @@
+"""Shared test helpers: tiny configs, subprocess runs of the real entry point, metrics files."""
+import json
+import os
+import subprocess
+import sys
+
+from configs import base as base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_base(**overrides):
+  """configs/base.py:size=tiny with dotted-key overrides, e.g. {"train.num_steps": 4}."""
+  config = base_config.get_config("size=tiny")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def subprocess_env(num_devices: int = 8) -> dict:
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices),
+             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  return env
+
+
+def main_cmd(config_arg: str, workdir, *flags) -> list:
+  return [sys.executable, "-m", "muse_jax.main", f"--config={config_arg}", f"--workdir={workdir}",
+          *flags]
+
+
+def run_main(config_arg, workdir, *flags, num_devices=8, timeout=300, check=True):
+  proc = subprocess.run(main_cmd(config_arg, workdir, *flags), cwd=REPO,
+                        env=subprocess_env(num_devices), capture_output=True, text=True,
+                        timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"muse_jax.main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def read_losses(workdir) -> dict:
+  """{step: loss} from workdir/metrics.jsonl; a step logged twice (re-run after a kill) keeps the
+  last value."""
+  out = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+  return out

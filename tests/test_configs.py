@@ -1,0 +1,83 @@
+"""Every preset evaluates; parameter counts match the paper; bad configs fail at start."""
+import subprocess
+
+import chex
+import flax.linen as nn
+import jax
+import pytest
+
+from configs import base as base_config
+from muse_jax import tasks
+from muse_jax.train import loop
+from tests import helpers
+
+
+def _param_count(config) -> int:
+  task = tasks.get_task(config)
+  shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+  return sum(x.size for x in jax.tree.leaves(nn.unbox(shapes)))
+
+
+@pytest.mark.parametrize("size", sorted(base_config.PRESETS))
+def test_every_base_preset_evaluates(size):
+  config = base_config.get_config(f"size={size}")
+  assert _param_count(config) > 0
+
+
+@pytest.mark.parametrize("size,paper", [("632m", 632e6), ("3b", 3e9)])
+def test_paper_parameter_counts_within_10_percent(size, paper):
+  n = _param_count(base_config.get_config(f"size={size}"))
+  assert abs(n - paper) / paper < 0.10, f"{size}: {n / 1e6:.1f}M params vs paper {paper / 1e6:.0f}M"
+
+
+def test_cpu_bench_is_about_40m():
+  n = _param_count(base_config.get_config("size=cpu-bench"))
+  assert 35e6 < n < 50e6, n
+
+
+def test_every_parameter_has_logical_axes():
+  task = tasks.get_task(helpers.tiny_base())
+  boxed = jax.eval_shape(task.init_params, jax.random.key(0))
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  unnamed = [x for x in leaves if not isinstance(x, nn.Partitioned)]
+  assert not unnamed
+  for x in leaves:
+    chex.assert_equal(len(x.names), x.value.ndim)
+
+
+def test_unknown_size_and_argument_fail():
+  with pytest.raises(ValueError, match="unknown size preset"):
+    base_config.get_config("size=huge")
+  with pytest.raises(ValueError, match="unknown config argument"):
+    base_config.get_config("sise=tiny")
+
+
+def test_batch_not_divisible_by_data_axes():
+  config = helpers.tiny_base(**{"train.batch_size": 12})
+  with pytest.raises(ValueError, match="not divisible by the 8 ways"):
+    loop.Setup(config)
+
+
+def test_mesh_larger_than_devices():
+  config = helpers.tiny_base(**{"mesh.data": 4, "mesh.fsdp": 4})
+  with pytest.raises(ValueError, match="needs 16 devices but 8 are available"):
+    loop.Setup(config)
+
+
+def test_unknown_stage():
+  with pytest.raises(ValueError, match="not a known stage"):
+    tasks.get_task(helpers.tiny_base(stage="nope"))
+
+
+def test_heads_must_divide_hidden():
+  with pytest.raises(ValueError, match="divisible by model.num_heads"):
+    tasks.get_task(helpers.tiny_base(**{"model.num_heads": 3}))
+
+
+def test_command_line_override_and_locked_config(tmp_path):
+  ok = helpers.run_main("configs/base.py:size=tiny", tmp_path / "a", "--config.optim.lr=3e-4",
+                        "--config.train.num_steps=2")
+  assert ok.returncode == 0
+  bad = helpers.run_main("configs/base.py:size=tiny", tmp_path / "b", "--config.optim.lrr=3e-4",
+                         check=False)
+  assert bad.returncode != 0 and "lrr" in bad.stderr

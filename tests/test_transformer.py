@@ -1,0 +1,76 @@
+"""Base transformer: shapes, no leak of masked ground truth, text dropout semantics."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from muse_jax import tasks
+from tests import helpers
+
+
+def _setup():
+  task = tasks.get_task(helpers.tiny_base())
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x,
+                        task.init_params(jax.random.key(0)),
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  src = task.make_source()
+  batch = {k: jnp.stack([src[i][k] for i in range(4)]) for k in ("tokens", "txt", "txt_mask")}
+  return task, params, batch
+
+
+def test_logits_shape_and_padded_vocab():
+  task, params, batch = _setup()
+  c = task.model_cfg
+  logits = task.model.apply({"params": params}, batch["tokens"], batch["txt"], batch["txt_mask"])
+  chex.assert_shape(logits, (4, c.seq_len, c.output_vocab))
+  assert logits.dtype == jnp.float32
+  assert c.input_vocab % c.vocab_pad_multiple == 0 and c.input_vocab > c.codebook_size
+
+
+def test_masked_ground_truth_cannot_leak():
+  """Changing the true ids at masked positions leaves the logits and the loss inputs unchanged."""
+  task, params, batch = _setup()
+  rng = jax.random.key(3)
+  _, metrics_a = task.loss_fn(params, batch, rng)
+  # Recompute the same mask and scramble the ground truth under it.
+  from muse_jax import masking
+  mask, _ = masking.training_mask(jax.random.split(rng)[0], 4, task.model_cfg.seq_len)
+  scrambled = jnp.where(mask, (batch["tokens"] + 17) % task.model_cfg.codebook_size,
+                        batch["tokens"])
+  inputs_a = jnp.where(mask, task.model_cfg.mask_id, batch["tokens"])
+  inputs_b = jnp.where(mask, task.model_cfg.mask_id, scrambled)
+  la = task.model.apply({"params": params}, inputs_a, batch["txt"], batch["txt_mask"])
+  lb = task.model.apply({"params": params}, inputs_b, batch["txt"], batch["txt_mask"])
+  np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+  # And changing an unmasked id does change them (the test can fail).
+  idx = np.argwhere(~np.asarray(mask))[0]
+  inputs_c = inputs_a.at[idx[0], idx[1]].set((inputs_a[idx[0], idx[1]] + 1) % 64)
+  lc = task.model.apply({"params": params}, inputs_c, batch["txt"], batch["txt_mask"])
+  assert not np.allclose(np.asarray(la), np.asarray(lc))
+  assert np.isfinite(float(metrics_a["loss"]))
+
+
+def test_dropped_text_ignores_text_states():
+  """An example with an all-False text mask is unaffected by its text states (pure image model)."""
+  task, params, batch = _setup()
+  no_text = jnp.zeros_like(batch["txt_mask"])
+  la = task.model.apply({"params": params}, batch["tokens"], batch["txt"], no_text)
+  lb = task.model.apply({"params": params}, batch["tokens"], batch["txt"] * 5 + 1, no_text)
+  np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+  lc = task.model.apply({"params": params}, batch["tokens"], batch["txt"], batch["txt_mask"])
+  assert not np.allclose(np.asarray(la), np.asarray(lc))
+
+
+def test_padding_text_positions_are_ignored():
+  task, params, batch = _setup()
+  txt_b = jnp.where(batch["txt_mask"][..., None], batch["txt"], 123.0)
+  la = task.model.apply({"params": params}, batch["tokens"], batch["txt"], batch["txt_mask"])
+  lb = task.model.apply({"params": params}, batch["tokens"], txt_b, batch["txt_mask"])
+  np.testing.assert_allclose(np.asarray(la), np.asarray(lb), rtol=1e-5, atol=1e-5)
+
+
+def test_text_drop_fraction():
+  task, params, batch = _setup()
+  big = {k: jnp.repeat(v, 256, axis=0) for k, v in batch.items()}
+  _, m = task.loss_fn(params, big, jax.random.key(5))
+  assert abs(float(m["text_kept"]) - 0.9) < 0.03
