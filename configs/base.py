@@ -56,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "grad_clip_norm": 1.0,
   })
   config.data = ml_collections.ConfigDict({
-      "source": "synthetic", "num_examples": 4096, "seed": 0,
+      # "preencoded": shards from muse-encode at `path` (a glob); "synthetic": a stand-in.
+      "source": "synthetic", "path": "", "num_examples": 4096, "seed": 0,
       "text_length": p["text_length"], "num_threads": 4,
   })
   if args.size == "tiny":

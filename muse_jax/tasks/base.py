@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from muse_jax import masking
-from muse_jax.data import synthetic
+from muse_jax.data import preencoded, synthetic
 from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
 from muse_jax.parallel import axes
 from muse_jax.train import step as step_lib
@@ -95,11 +95,20 @@ class BaseTask:
 
   # Data ---------------------------------------------------------------------------------------
   def make_source(self):
+    """Pre-tokenized examples: "preencoded" shards (muse-encode) or the "synthetic" stand-in."""
     d = self.config.data
+    if d.source == "preencoded":
+      return preencoded.PreEncodedSource(d.path, self.text_length)
     if d.source == "synthetic":
       c = self.model_cfg
       return synthetic.SyntheticTokenSource(
           num_examples=d.num_examples, seq_len=c.seq_len, codebook_size=c.codebook_size,
           text_length=self.text_length, text_dim=c.text_dim, seed=d.seed)
-    raise ValueError(f"data.source={d.source!r} is not available for stage 'base'; "
-                     f"expected 'synthetic'")
+    raise ValueError(f"data.source={d.source!r} is not available for stage 'base'; expected "
+                     f"'preencoded' (token ids + text states written by muse-encode) or "
+                     f"'synthetic'")
+
+  def make_transform(self, counter):
+    """Records are already tokens and text states: no per-example transform."""
+    del counter
+    return None

@@ -15,10 +15,11 @@ import tensorboardX
 import tqdm
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from muse_jax import checkpoint as ckpt_lib
 from muse_jax import tasks
-from muse_jax.data import pipeline
+from muse_jax.data import pipeline, preprocess
 from muse_jax.parallel import axes, mesh as mesh_lib, sharding as sharding_lib
 from muse_jax.train import optimizers
 
@@ -124,6 +125,18 @@ def _first_nonfinite(metrics: dict):
   return None
 
 
+def _skip_metrics(skips) -> dict:
+  """Skipped-record counts summed over processes (a collective: every process calls it)."""
+  snap = skips.snapshot()
+  values = np.array(list(snap.values()), np.int64)
+  if jax.process_count() > 1:
+    values = multihost_utils.process_allgather(values).sum(0)
+  out = dict(zip(snap, values.tolist()))
+  if out["skipped/total"]:
+    logging.warning("skipped records so far: %s", {k: v for k, v in out.items() if v})
+  return out
+
+
 def run(config, workdir: str, devices=None) -> dict:
   """Trains config.stage until config.train.num_steps, resuming from workdir's latest checkpoint.
 
@@ -141,9 +154,11 @@ def run(config, workdir: str, devices=None) -> dict:
 
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.checkpoint.every,
                                        config.checkpoint.keep, config.checkpoint.async_save)
-  ds = pipeline.make_dataset(setup.task.make_source(), setup.global_batch, config.data.seed,
-                             jax.process_index(), jax.process_count())
-  data_iter = pipeline.make_iterator(ds, num_threads=config.data.num_threads)
+  source = setup.task.make_source()
+  skips = preprocess.SkipCounter(repr(source), give_up_after=min(len(source), 10_000))
+  data_iter = pipeline.make_iterator(source, setup.global_batch, config.data.seed,
+                                     transform=setup.task.make_transform(skips), counter=skips,
+                                     num_threads=config.data.num_threads)
   base_rng = jax.random.key(config.seed)
 
   start = checkpointer.latest_step()
@@ -182,20 +197,23 @@ def run(config, workdir: str, devices=None) -> dict:
     losses[step_done] = metrics["loss"]
     steps_since += 1
     now = time.perf_counter()
-    if is_main and (step_done % cfg.log_every == 0 or step_done == num_steps):
-      rate = steps_since / max(now - t_last, 1e-9)
-      t_last, steps_since = now, 0
-      metrics["steps_per_sec"] = rate
-      metrics["lr"] = float(setup.schedule(step_done - 1))
-      for k, v in metrics.items():
-        writer.add_scalar(f"train/{k}", v, step_done)
-      metrics_file.write(json.dumps({"step": step_done, **metrics}) + "\n")
-      metrics_file.flush()
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                      acc=f"{metrics.get('masked_acc', float('nan')):.3f}",
-                      steps_s=f"{rate:.2f}")
-      logging.info("step %d: %s", step_done,
-                   ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
+    if step_done % cfg.log_every and step_done != num_steps:
+      return
+    metrics.update(_skip_metrics(skips))          # all processes take part in this
+    rate = steps_since / max(now - t_last, 1e-9)
+    t_last, steps_since = now, 0
+    if not is_main:
+      return
+    metrics["steps_per_sec"] = rate
+    metrics["lr"] = float(setup.schedule(step_done - 1))
+    for k, v in metrics.items():
+      writer.add_scalar(f"train/{k}", v, step_done)
+    metrics_file.write(json.dumps({"step": step_done, **metrics}) + "\n")
+    metrics_file.flush()
+    bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                    acc=f"{metrics.get('masked_acc', float('nan')):.3f}", steps_s=f"{rate:.2f}")
+    logging.info("step %d: %s", step_done,
+                 ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
 
   try:
     for step in range(start, num_steps):
