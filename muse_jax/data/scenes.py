@@ -1,4 +1,4 @@
-"""Built-in procedural image-caption data: 1-2 coloured shapes on a plain background.
+"""Built-in procedural image-caption data: a few coloured shapes on a plain grey background.
 
 The project's embedded default data set: it needs no download, renders at any resolution >= 16,
 and its captions are generated from known attributes, so generated images can be scored against
@@ -13,17 +13,18 @@ a tiny demo model, and mid-grey keeps all eight colours, white and black include
 
 Held-out compositions: HELD_OUT (colour, shape) pairs never occur in split="train" (each colour and
 each shape still appears there with other partners); split="eval" draws only scenes with at least
-one held-out pair; split="eval_seen" draws seen pairs from a stream disjoint from "train"'s.
+one held-out pair; split="eval_seen" draws seen pairs like "train" but from another random stream
+(the same composition can occur in both; the same jittered layout practically never does).
 
 Layout (object centres, in fractions of the image side) does not depend on the resolution: the same
 (seed, split, index) gives the same scene at 32 and at 256 pixels. Objects are drawn as coverage
 masks at 4x and box-filtered down (Image.reduce: each pixel's exact area coverage, 16 samples),
 only over their own boxes, so the cost grows with the objects' area, not the image's. LANCZOS
-from 4x cost 0.5 ms per large object at 256 px (20x reduce) and rings, leaking off-palette
+from 4x cost 0.5 ms per large object at 256 px (20x reduce's cost) and rings, leaking off-palette
 colours around edges; a coverage mask needs no sharpening.
 
-Measured `SceneSource.__getitem__` (one core, mean over 2000 items, 1.5 objects each on average):
-about 0.06 ms at 32 px, 0.1 ms at 64 px and 0.7 ms at 256 px;
+Measured `SceneSource.__getitem__` (one core of a 2-core CPU host, mean over 2000 items,
+max_objects=2): about 0.2 ms at 32 px, 0.2 ms at 64 px and 0.7 ms at 256 px;
 reproduce with `JAX_PLATFORMS=cpu python -m muse_jax.data.scenes`.
 """
 import math
@@ -143,6 +144,8 @@ def prompt_for(attributes, template=0) -> str:
                      f"{len(TEMPLATES)} or one of {TEMPLATES}")
   if not objects:
     raise ValueError("a caption needs at least one object")
+  if name in _RELATION_TEMPLATES and len(objects) != 2:
+    raise ValueError(f"caption template {name!r} needs exactly 2 objects, got {len(objects)}")
   words = []
   for i, obj in enumerate(objects):
     w = {"colour": _require(obj, "colour", name, i), "shape": _require(obj, "shape", name, i)}
@@ -154,8 +157,6 @@ def prompt_for(attributes, template=0) -> str:
       w["position"] = _require(obj, "position", name, i)
     words.append(w)
   if name in _RELATION_TEMPLATES:
-    if len(objects) != 2:
-      raise ValueError(f"caption template {name!r} needs exactly 2 objects, got {len(objects)}")
     a, b = words
     sized = name == "relation_sized"
     describe = lambda w: _article((w["size"] + " " if sized else "") + f"{w['colour']} {w['shape']}")
