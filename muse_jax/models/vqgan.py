@@ -1,0 +1,287 @@
+"""Fully convolutional VQGAN tokenizer: encoder, vector quantizer, decoder.
+
+One class serves our own tokenizers and the published families we import (MaskGIT's Flax VQGAN,
+diffusers' VQModel as used by aMUSEd) through VQGANConfig switches; there is no attention, so any
+image whose sides divide by f = 2^(len(channel_mult) - 1) encodes.
+
+  encode(img_BxHxWx3) -> ids_Bxhxw        decode(ids_Bxhxw) -> img_BxHxWx3
+"""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from muse_jax.parallel import axes
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANConfig:
+  """Shape and structure of a tokenizer.
+
+  channel_mult: per level; there is a 2x down/upsampling between consecutive levels.
+  num_res_blocks / decoder_res_blocks: residual blocks per level in encoder / decoder
+    (diffusers' decoder has one more than its encoder).
+  mid_res_blocks: residual blocks at the bottleneck, after the encoder and before the decoder.
+  decoder_base_channels / decoder_channel_mult: a wider decoder (decoder finetuning).
+  downsample: "conv" (3x3 stride-2, padded (0, 1) on each spatial side, diffusers) or "avgpool".
+  shortcut_on_output: MaskGIT's quirk: a channel-changing shortcut conv is applied to the block's
+    output instead of its input. shortcut_kernel: 1 or 3.
+  res_conv_bias / conv_in_bias: biases of the residual convs and the encoder's input conv.
+  encoder_out_kernel: kernel of the encoder's last conv (MaskGIT 1, diffusers 3).
+  quant_conv: 1x1 convs before and after the quantizer (diffusers).
+  pixel_range: (lo, hi) of images at the model's input and output.
+  """
+  base_channels: int = 128
+  channel_mult: tuple = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  decoder_res_blocks: int | None = None
+  mid_res_blocks: int = 2
+  decoder_base_channels: int | None = None
+  decoder_channel_mult: tuple | None = None
+  latent_dim: int = 256
+  codebook_size: int = 8192
+  norm_groups: int = 32
+  norm_eps: float = 1e-6
+  downsample: str = "conv"
+  shortcut_on_output: bool = False
+  shortcut_kernel: int = 1
+  res_conv_bias: bool = True
+  conv_in_bias: bool = True
+  encoder_out_kernel: int = 1
+  quant_conv: bool = False
+  l2_normalize_codes: bool = False
+  commitment_beta: float = 0.25
+  entropy_loss_weight: float = 0.0
+  entropy_temperature: float = 0.01
+  pixel_range: tuple = (-1.0, 1.0)
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.downsample not in ("conv", "avgpool"):
+      raise ValueError(f"vqgan.downsample={self.downsample!r}; expected 'conv' or 'avgpool'")
+    if self.shortcut_kernel not in (1, 3):
+      raise ValueError(f"vqgan.shortcut_kernel must be 1 or 3, got {self.shortcut_kernel}")
+    for c in self.encoder_channels + self.decoder_channels:
+      if c % self.norm_groups:
+        raise ValueError(f"vqgan channel count {c} is not divisible by norm_groups="
+                         f"{self.norm_groups}")
+    dm = self.decoder_channel_mult
+    if dm is not None and len(dm) != len(self.channel_mult):
+      raise ValueError(f"vqgan.decoder_channel_mult {dm} must have as many levels as "
+                       f"channel_mult {self.channel_mult}")
+
+  @property
+  def factor(self) -> int:
+    return 2 ** (len(self.channel_mult) - 1)
+
+  @property
+  def encoder_channels(self) -> tuple:
+    return tuple(self.base_channels * m for m in self.channel_mult)
+
+  @property
+  def decoder_channels(self) -> tuple:
+    base = self.decoder_base_channels or self.base_channels
+    return tuple(base * m for m in (self.decoder_channel_mult or self.channel_mult))
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def _conv(features, kernel, cfg, use_bias=True, strides=1, padding="SAME", name=None):
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
+                 use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                 kernel_init=nn.with_logical_partitioning(
+                     nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                     (None, None, axes.CONV_IN, axes.CONV_OUT)),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+                 name=name)
+
+
+def _norm(cfg, name=None):
+  return nn.GroupNorm(num_groups=cfg.norm_groups, epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
+                      param_dtype=jnp.float32, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones,
+                                                              (axes.CONV_OUT,)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             (axes.CONV_OUT,)))
+
+
+class ResBlock(nn.Module):
+  """GroupNorm-swish-conv x2 with a residual; x_BxHxWxC -> y_BxHxWxF."""
+  features: int
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    h = _conv(self.features, 3, c, c.res_conv_bias, name="conv1")(nn.swish(_norm(c, "norm1")(x)))
+    h = _conv(self.features, 3, c, c.res_conv_bias, name="conv2")(nn.swish(_norm(c, "norm2")(h)))
+    residual = x
+    if x.shape[-1] != self.features:
+      src = h if c.shortcut_on_output else x
+      residual = _conv(self.features, c.shortcut_kernel, c, c.res_conv_bias, name="shortcut")(src)
+    return h + residual
+
+
+class Downsample(nn.Module):
+  """2x spatial reduction: x_BxHxWxC -> x_Bx(H/2)x(W/2)xC."""
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x):
+    if self.cfg.downsample == "avgpool":
+      return nn.avg_pool(x, (2, 2), (2, 2))
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    return _conv(x.shape[-1], 3, self.cfg, strides=2, padding="VALID", name="conv")(x)
+
+
+class Upsample(nn.Module):
+  """Nearest 2x then a 3x3 conv: x_BxHxWxC -> x_Bx2Hx2WxC."""
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return _conv(x.shape[-1], 3, self.cfg, name="conv")(x)
+
+
+class Encoder(nn.Module):
+  """img_BxHxWx3 (in cfg.pixel_range) -> z_Bx(H/f)x(W/f)xD."""
+  cfg: VQGANConfig
+
+  @nn.compact
+  def __call__(self, img):
+    c = self.cfg
+    chans = c.encoder_channels
+    x = _conv(chans[0], 3, c, c.conv_in_bias, name="conv_in")(img.astype(c.compute_dtype))
+    for level, ch in enumerate(chans):
+      for j in range(c.num_res_blocks):
+        x = ResBlock(ch, c, name=f"down_{level}_res_{j}")(x)
+      if level < len(chans) - 1:
+        x = Downsample(c, name=f"down_{level}_sample")(x)
+    for j in range(c.mid_res_blocks):
+      x = ResBlock(chans[-1], c, name=f"mid_res_{j}")(x)
+    x = nn.swish(_norm(c, "norm_out")(x))
+    return _conv(c.latent_dim, c.encoder_out_kernel, c, name="conv_out")(x)
+
+
+class Decoder(nn.Module):
+  """z_BxhxwxD -> img_Bx(h f)x(w f)x3."""
+  cfg: VQGANConfig
+
+  @nn.compact
+  def __call__(self, z):
+    c = self.cfg
+    chans = c.decoder_channels
+    blocks = c.decoder_res_blocks if c.decoder_res_blocks is not None else c.num_res_blocks
+    x = _conv(chans[-1], 3, c, name="conv_in")(z.astype(c.compute_dtype))
+    for j in range(c.mid_res_blocks):
+      x = ResBlock(chans[-1], c, name=f"mid_res_{j}")(x)
+    for level in reversed(range(len(chans))):
+      for j in range(blocks):
+        x = ResBlock(chans[level], c, name=f"up_{level}_res_{j}")(x)
+      if level > 0:
+        x = Upsample(c, name=f"up_{level}_sample")(x)
+    x = nn.swish(_norm(c, "norm_out")(x))
+    return _conv(3, 3, c, name="conv_out")(x).astype(jnp.float32)
+
+
+class VectorQuantizer(nn.Module):
+  """z_BxhxwxD -> (z_q straight-through, ids_Bxhxw, losses and codebook statistics).
+
+  Distances in float32. Commitment loss beta * |z - sg(e)|^2 plus codebook loss |sg(z) - e|^2;
+  optional l2-normalised codes and an entropy penalty (low per-position entropy, high
+  codebook-average entropy)."""
+  cfg: VQGANConfig
+
+  def setup(self):
+    c = self.cfg
+    self.codebook = self.param(
+        "codebook", nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, "fan_in", "uniform"), (axes.VOCAB, None)),
+        (c.codebook_size, c.latent_dim), jnp.float32)
+
+  def _codes(self):
+    e = self.codebook
+    return _l2norm(e) if self.cfg.l2_normalize_codes else e
+
+  def lookup(self, ids):
+    return jnp.take(self._codes(), ids, axis=0)
+
+  def __call__(self, z):
+    c = self.cfg
+    z = z.astype(jnp.float32)
+    if c.l2_normalize_codes:
+      z = _l2norm(z)
+    e = self._codes()
+    d = (jnp.sum(z ** 2, -1, keepdims=True) - 2 * jnp.einsum("...d,kd->...k", z, e)
+         + jnp.sum(e ** 2, -1))
+    ids = jnp.argmin(d, axis=-1)
+    z_q = jnp.take(e, ids, axis=0)
+    commit = jnp.mean((z - jax.lax.stop_gradient(z_q)) ** 2)
+    codebook = jnp.mean((jax.lax.stop_gradient(z) - z_q) ** 2)
+    loss = c.commitment_beta * commit + codebook
+    one_hot_mean = jnp.mean(jax.nn.one_hot(ids, c.codebook_size, dtype=jnp.float32),
+                            axis=tuple(range(ids.ndim)))
+    stats = {"vq_loss": loss, "commit_loss": commit,
+             "codebook_usage": jnp.mean((one_hot_mean > 0).astype(jnp.float32)),
+             "perplexity": jnp.exp(-jnp.sum(one_hot_mean * jnp.log(one_hot_mean + 1e-10)))}
+    if c.entropy_loss_weight:
+      probs = jax.nn.softmax(-d / c.entropy_temperature, axis=-1)
+      per_sample = -jnp.mean(jnp.sum(probs * jnp.log(probs + 1e-10), -1))
+      avg = jnp.mean(probs, axis=tuple(range(probs.ndim - 1)))
+      codebook_entropy = -jnp.sum(avg * jnp.log(avg + 1e-10))
+      stats["entropy_loss"] = per_sample - codebook_entropy
+      loss = loss + c.entropy_loss_weight * stats["entropy_loss"]
+      stats["vq_loss"] = loss
+    z_st = z + jax.lax.stop_gradient(z_q - z)
+    return z_st, ids, stats
+
+
+def _l2norm(x):
+  return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
+
+
+class VQGAN(nn.Module):
+  """Tokenizer. __call__(img) -> (reconstruction, ids, vq stats); encode / decode for inference."""
+  cfg: VQGANConfig
+
+  def setup(self):
+    c = self.cfg
+    self.encoder = Encoder(c)
+    self.quantizer = VectorQuantizer(c)
+    self.decoder = Decoder(c)
+    if c.quant_conv:
+      self.quant_conv = _conv(c.latent_dim, 1, c, name="quant_conv")
+      self.post_quant_conv = _conv(c.latent_dim, 1, c, name="post_quant_conv")
+
+  def _check(self, img):
+    f = self.cfg.factor
+    if img.ndim != 4 or img.shape[-1] != 3 or img.shape[1] % f or img.shape[2] % f:
+      raise ValueError(f"VQGAN expects images [B, H, W, 3] with H and W divisible by {f}; got "
+                       f"{img.shape}")
+
+  def _latent(self, img):
+    self._check(img)
+    z = self.encoder(img)
+    return self.quant_conv(z) if self.cfg.quant_conv else z
+
+  def _pixels(self, z_q):
+    if self.cfg.quant_conv:
+      z_q = self.post_quant_conv(z_q.astype(self.cfg.compute_dtype))
+    return self.decoder(z_q)
+
+  def __call__(self, img):
+    z_q, ids, stats = self.quantizer(self._latent(img))
+    return self._pixels(z_q), ids, stats
+
+  def encode(self, img):
+    """img_BxHxWx3 -> ids_Bx(H/f)x(W/f) int32."""
+    return self.quantizer(self._latent(img))[1].astype(jnp.int32)
+
+  def decode(self, ids):
+    """ids_Bxhxw -> img_Bx(h f)x(w f)x3 float32 in cfg.pixel_range (not clipped)."""
+    return self._pixels(self.quantizer.lookup(ids))
