@@ -111,3 +111,22 @@ def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_tree, shardings)
 
+
+
+def load_params(path, prefer_ema: bool = True) -> dict:
+  """Host-side params from a training checkpoint: `path` is a workdir (latest step), its
+  checkpoints/ folder, or one step folder. Returns the EMA params when saved (prefer_ema)."""
+  path = epath.Path(path)
+  for candidate in (path / "checkpoints", path):
+    steps = [int(p.name) for p in candidate.iterdir() if p.name.isdigit()] if candidate.is_dir() else []
+    if steps:
+      path = candidate / str(max(steps))
+      break
+  if not (path / "state").is_dir():
+    raise CheckpointError(f"{path} holds no checkpoint (expected WORKDIR, WORKDIR/checkpoints or "
+                          f"WORKDIR/checkpoints/STEP with a 'state' item)")
+  state = ocp.StandardCheckpointer().restore(path / "state")
+  extra = state.get("extra") or {}
+  if prefer_ema and isinstance(extra, dict) and "ema_params" in extra:
+    return extra["ema_params"]
+  return state["params"]

@@ -51,5 +51,6 @@ def read_losses(workdir) -> dict:
     for line in f:
       if line.strip():
         rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
+        if "loss" in rec:
+          out[rec["step"]] = rec["loss"]
   return out

@@ -206,3 +206,19 @@ class TfdsSource:
 
   def __repr__(self):
     return f"TfdsSource({self.name}, split={self.split}, {len(self)} examples)"
+
+
+def image_text_source(d):
+  """The image–caption source named by data config `d` (d.source)."""
+  if d.source == "scenes":
+    from muse_jax.data import scenes
+    return scenes.SceneSource(d.num_examples, resolution=d.scene_resolution, seed=d.seed,
+                              split=d.split)
+  if d.source == "folder":
+    return FolderSource(d.path, d.captions_file or None)
+  if d.source == "webdataset":
+    return WebDatasetSource(d.path)
+  if d.source == "tfds":
+    return TfdsSource(d.path, d.split, d.tfds_data_dir or None, d.image_key, d.caption_key)
+  raise ValueError(f"data.source={d.source!r}; image stages read 'scenes' (built-in), 'folder', "
+                   f"'webdataset' or 'tfds'")

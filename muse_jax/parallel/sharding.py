@@ -9,7 +9,7 @@ from muse_jax import treepath
 
 def _derived_spec(param_shape, param_spec, shape):
   """Spec for a leaf derived from a parameter: same shape -> same spec; one axis reduced (factored
-  second moments) -> the spec without that axis; anything else -> replicated."""
+  second moments) -> the spec without that axis; otherwise None (not derived from it)."""
   spec = tuple(param_spec) + (None,) * (len(param_shape) - len(param_spec))
   if tuple(shape) == tuple(param_shape):
     return P(*spec)
@@ -17,32 +17,34 @@ def _derived_spec(param_shape, param_spec, shape):
     for drop in reversed(range(len(param_shape))):
       if tuple(shape) == tuple(param_shape[:drop] + param_shape[drop + 1:]):
         return P(*(spec[:drop] + spec[drop + 1:]))
-  return P()
+  return None
 
 
 def state_shardings(mesh, rules, boxed_params, abstract_state):
   """NamedShardings for an (unboxed) train-state pytree.
 
-  boxed_params: the abstract parameter tree with nn.Partitioned logical-axis boxes (from
-  jax.eval_shape of the model's init). Every state leaf whose key path ends with a parameter's
-  path (the params themselves, optimizer moments, EMA copies) follows that parameter's logical
-  axes; all other leaves (step counters, scalars) are replicated.
+  boxed_params: an abstract parameter tree with nn.Partitioned logical-axis boxes (from
+  jax.eval_shape of a model's init), or a tuple of them (a stage with several models). Every state
+  leaf whose key path ends with a parameter's path (the params themselves, optimizer moments, EMA
+  copies) follows that parameter's logical axes; all other leaves (step counters, scalars) are
+  replicated.
   """
-  param_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), rules)
-  abstract_params = nn.unbox(boxed_params)
+  trees = boxed_params if isinstance(boxed_params, tuple) else (boxed_params,)
   by_path = {}
-  for (path, leaf), spec in zip(
-      jax.tree_util.tree_flatten_with_path(abstract_params)[0],
-      jax.tree.leaves(param_specs, is_leaf=lambda x: isinstance(x, P))):
-    by_path[treepath.names(path)] = (leaf.shape, spec)
+  for tree in trees:
+    specs = nn.logical_to_mesh(nn.get_partition_spec(tree), rules)
+    for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0],
+                                  jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))):
+      by_path.setdefault(treepath.names(path), []).append((leaf.shape, spec))
   longest = max((len(p) for p in by_path), default=0)
 
   def leaf_sharding(path, leaf):
     keys = treepath.names(path)
     for n in range(min(longest, len(keys)), 0, -1):
-      hit = by_path.get(keys[-n:])
-      if hit is not None:
-        return NamedSharding(mesh, _derived_spec(hit[0], hit[1], leaf.shape))
+      for shape, spec in by_path.get(keys[-n:], ()):
+        derived = _derived_spec(shape, spec, leaf.shape)
+        if derived is not None:
+          return NamedSharding(mesh, derived)
     return NamedSharding(mesh, P())
 
   return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)

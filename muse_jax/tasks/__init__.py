@@ -1,8 +1,10 @@
 """Stage registry: config.stage picks the task; the one train loop runs it."""
-from muse_jax.tasks import base
+from muse_jax.tasks import base, vqgan
 
 TASKS = {
     "base": base.BaseTask,
+    "vqgan": vqgan.VQGANTask,
+    "decoder_finetune": vqgan.VQGANTask,
 }
 
 

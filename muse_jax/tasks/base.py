@@ -50,6 +50,7 @@ class BaseTask:
     self.masking_cfg = MaskingConfig(**config.masking.to_dict())
     self.model = MaskedTransformer(self.model_cfg)
     self.text_length = int(config.data.text_length)
+    self.progress_metrics = ("masked_acc",)
 
   # Shapes -------------------------------------------------------------------------------------
   def batch_spec(self, batch_size: int) -> dict:
@@ -70,6 +71,9 @@ class BaseTask:
     dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
     return self.model.init(rng, dummy["tokens"], dummy["txt"], dummy["txt_mask"])["params"]
 
+  def init_boxed(self, rng):
+    return (self.init_params(rng),)
+
   def init_state(self, rng, tx: optax.GradientTransformation):
     return step_lib.init_state(self.init_params, rng, tx)
 
@@ -89,9 +93,6 @@ class BaseTask:
 
   def train_step(self, state, batch, rng, tx):
     return step_lib.gradient_step(self.loss_fn, state, batch, rng, tx)
-
-  def eval_step(self, params, batch, rng):
-    return self.loss_fn(params, batch, rng)[1]
 
   # Data ---------------------------------------------------------------------------------------
   def make_source(self):

@@ -50,7 +50,7 @@ class Setup:
 
     rng = jax.random.key(config.seed)
     with self.context():
-      boxed = jax.eval_shape(self.task.init_params, rng)
+      boxed = jax.eval_shape(self.task.init_boxed, rng)
       self.abstract_state = jax.eval_shape(functools.partial(self.task.init_state, tx=self.tx), rng)
     self.state_shardings = sharding_lib.state_shardings(self.mesh, self.rules, boxed,
                                                         self.abstract_state)
@@ -160,10 +160,18 @@ def run(config, workdir: str, devices=None) -> dict:
                                      transform=setup.task.make_transform(skips), counter=skips,
                                      num_threads=config.data.num_threads)
   base_rng = jax.random.key(config.seed)
+  evaluate = getattr(setup.task, "evaluate", None)
+  eval_every = int(config.train.get("eval_every", 0)) if evaluate else 0
+  if eval_every:       # one fixed batch of this host's rows, the same on every resume
+    eval_batch = next(pipeline.make_iterator(
+        source, setup.global_batch, config.data.seed + 1, transform=setup.task.make_transform(
+            preprocess.SkipCounter(repr(source), min(len(source), 10_000))), num_threads=1))
 
   start = checkpointer.latest_step()
   if start is None:
     state = setup.init_state(base_rng)
+    if hasattr(setup.task, "load_init"):       # e.g. decoder finetuning from a trained tokenizer
+      state = jax.device_put(setup.task.load_init(state), setup.state_shardings)
     start = 0
   else:
     abstract = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
@@ -210,8 +218,8 @@ def run(config, workdir: str, devices=None) -> dict:
       writer.add_scalar(f"train/{k}", v, step_done)
     metrics_file.write(json.dumps({"step": step_done, **metrics}) + "\n")
     metrics_file.flush()
-    bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                    acc=f"{metrics.get('masked_acc', float('nan')):.3f}", steps_s=f"{rate:.2f}")
+    bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}",
+                    **{k: f"{metrics[k]:.3f}" for k in setup.task.progress_metrics})
     logging.info("step %d: %s", step_done,
                  ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
 
@@ -224,6 +232,12 @@ def run(config, workdir: str, devices=None) -> dict:
         consume(*pending)        # step t-1's metrics, read after step t was dispatched
       pending = (step + 1, metrics)
       bar.update(1)
+      if eval_every and is_main and ((step + 1) % eval_every == 0 or step + 1 == num_steps):
+        scores = evaluate(state, eval_batch, workdir, step + 1)
+        for k, v in scores.items():
+          writer.add_scalar(f"eval/{k}", v, step + 1)
+        metrics_file.write(json.dumps({"step": step + 1, **scores}) + "\n")
+        logging.info("eval at step %d: %s", step + 1, scores)
       stop = preemption.reached(step + 1, checkpointer.manager)
       if stop or checkpointer.should_save(step + 1) or step + 1 == num_steps:
         consume(*pending)        # never save a state whose loss we have not checked

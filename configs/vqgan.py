@@ -1,0 +1,79 @@
+r"""VQGAN tokenizer training (stage `vqgan`).
+
+Locally (CPU, seconds):
+  python -m muse_jax.main --config=configs/vqgan.py:size=tiny --workdir=/tmp/muse_vq
+On a pod (see launch/README.md):
+  launch/run.sh --config=configs/vqgan.py:size=f16-256 --workdir=gs://BUCKET/muse/vq_f16
+
+Presets:
+  tiny     f16 at 32px (2x2 tokens), 8 base channels, 1 residual block per level, 64 codes;
+           compiles in seconds, for tests.
+  f16-256  the base model's tokenizer: 256px -> 16x16 tokens, 8192 codes, base channels 128,
+           multipliers (1, 1, 2, 2, 4), 2 residual blocks per level (paper).
+  f8-512   the super-res tokenizer: 512px -> 64x64 tokens, 8192 codes, multipliers (1, 1, 2, 4).
+Paper optimisation: Adam b(0.9, 0.99), lr 1e-4, weight decay 1e-4, 10k warm-up, cosine decay;
+adversarial weight 0.1.
+"""
+import ml_collections
+
+from configs import common
+
+PRESETS = {
+    "tiny": dict(resolution=32, base_channels=8, channel_mult=(1, 1, 2, 2, 2), latent_dim=16,
+                 codebook_size=64, norm_groups=4, disc_channels=(8, 16), batch=8, res_blocks=1),
+    "f16-256": dict(resolution=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4),
+                    latent_dim=256, codebook_size=8192, norm_groups=32,
+                    disc_channels=(64, 128, 256, 256, 256), batch=256, res_blocks=2),
+    "f8-512": dict(resolution=512, base_channels=128, channel_mult=(1, 1, 2, 4), latent_dim=256,
+                   codebook_size=8192, norm_groups=32,
+                   disc_channels=(64, 128, 256, 256, 256, 256), batch=256, res_blocks=2),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, size="tiny")
+  common.check_size(args.size, PRESETS)
+  p = PRESETS[args.size]
+  tiny = args.size == "tiny"
+
+  config = ml_collections.ConfigDict()
+  config.stage = "vqgan"
+  config.size = args.size
+  config.init_from = ""
+  config.model = ml_collections.ConfigDict({
+      "base_channels": p["base_channels"], "channel_mult": p["channel_mult"],
+      "num_res_blocks": p["res_blocks"], "decoder_res_blocks": None,
+      "mid_res_blocks": p["res_blocks"],
+      "decoder_base_channels": None, "decoder_channel_mult": None,
+      "latent_dim": p["latent_dim"], "codebook_size": p["codebook_size"],
+      "norm_groups": p["norm_groups"], "downsample": "conv", "l2_normalize_codes": False,
+      "commitment_beta": 0.25, "entropy_loss_weight": 0.0, "pixel_range": (-1.0, 1.0),
+      "dtype": "float32" if tiny else "bfloat16",
+  })
+  config.loss = ml_collections.ConfigDict({
+      "reconstruction": "l1", "reconstruction_weight": 1.0, "adversarial_weight": 0.1,
+      "adv_start_step": 10 if tiny else 20_000, "r1_gamma": 10.0, "lecam_weight": 0.001,
+      "lecam_decay": 0.99, "ema_decay": 0.99 if tiny else 0.999,
+  })
+  config.discriminator = ml_collections.ConfigDict({"channels": p["disc_channels"]})
+  adam = {"name": "adamw", "lr": 1e-4, "b1": 0.9, "b2": 0.99, "eps": 1e-8, "weight_decay": 1e-4,
+          "warmup_steps": 10_000, "decay": "cosine", "end_lr_frac": 0.0, "grad_clip_norm": 1.0}
+  config.optim = ml_collections.ConfigDict(adam)
+  config.disc_optim = ml_collections.ConfigDict(adam)
+  config.data = ml_collections.ConfigDict({
+      # "scenes" (built-in), "folder" (path + captions file), "webdataset" (path glob of tar
+      # shards), "tfds" (path = dataset name, under tfds_data_dir or $TFDS_DATA_DIR).
+      "source": "scenes", "path": "", "captions_file": "", "split": "train",
+      "tfds_data_dir": "", "image_key": "image", "caption_key": "captions/text",
+      "num_examples": 50_000, "scene_resolution": p["resolution"], "seed": 0,
+      "resolution": p["resolution"], "crop": "center", "flip": False, "num_threads": 4,
+  })
+  if tiny:
+    common.train_common(config, batch_size=p["batch"], num_steps=20, log_every=5, ckpt_every=10)
+    config.optim.lr = config.disc_optim.lr = 1e-3
+    config.optim.warmup_steps = config.disc_optim.warmup_steps = 5
+  else:
+    common.train_common(config, batch_size=p["batch"], num_steps=1_000_000, log_every=100,
+                        ckpt_every=5000)
+  config.train.eval_every = 10 if tiny else 5000
+  return config

@@ -1,0 +1,1 @@
+"""Metrics: reconstruction quality, FID, prompt alignment."""

@@ -1,0 +1,243 @@
+"""Stages `vqgan` (tokenizer training) and `decoder_finetune` (a wider decoder on a frozen
+encoder and codebook).
+
+Generator loss: reconstruction (L1 or L2) + VQ (commitment, codebook[, entropy]) + adversarial
+(non-saturating, on after train.adv_start_step). Discriminator: non-saturating loss + R1 penalty
++ optional LeCam regulariser. The generator's EMA is kept in the state. The generator and
+discriminator states are one pytree: TrainState(params, opt_state, extra={disc_params,
+disc_opt_state, ema_params, lecam_real, lecam_fake}).
+"""
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import PIL.Image
+from etils import epath
+
+from muse_jax import checkpoint
+from muse_jax.data import preprocess, sources
+from muse_jax.metrics import recon
+from muse_jax.models.discriminator import Discriminator
+from muse_jax.models.vqgan import VQGAN, VQGANConfig
+from muse_jax.parallel import axes
+from muse_jax.train import optimizers
+from muse_jax.train.state import TrainState
+
+# Parameter subtrees that decoder finetuning keeps frozen.
+FROZEN_FOR_DECODER_FINETUNE = ("encoder", "quantizer", "quant_conv")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  reconstruction: str = "l1"
+  reconstruction_weight: float = 1.0
+  adversarial_weight: float = 0.1
+  adv_start_step: int = 0
+  r1_gamma: float = 10.0
+  lecam_weight: float = 0.0
+  lecam_decay: float = 0.99
+  ema_decay: float = 0.999
+
+  def __post_init__(self):
+    if self.reconstruction not in ("l1", "l2"):
+      raise ValueError(f"loss.reconstruction={self.reconstruction!r}; expected 'l1' or 'l2'")
+
+
+def _to_unit(img, pixel_range):
+  lo, hi = pixel_range
+  return jnp.clip((img - lo) / (hi - lo), 0.0, 1.0)
+
+
+class VQGANTask:
+  """init_boxed / init_state / train_step / evaluate for the tokenizer stages."""
+
+  def __init__(self, config):
+    self.config = config
+    self.decoder_finetune = config.stage == "decoder_finetune"
+    model = config.model.to_dict()
+    model["channel_mult"] = tuple(model["channel_mult"])
+    if model.get("decoder_channel_mult") is not None:
+      model["decoder_channel_mult"] = tuple(model["decoder_channel_mult"])
+    model["pixel_range"] = tuple(model["pixel_range"])
+    self.model_cfg = VQGANConfig(**model)
+    self.loss_cfg = LossConfig(**config.loss.to_dict())
+    self.model = VQGAN(self.model_cfg)
+    self.disc = Discriminator(tuple(config.discriminator.channels))
+    self.disc_tx, _ = optimizers.make_optimizer(config.disc_optim, config.train.num_steps)
+    self.resolution = int(config.data.resolution)
+    if self.resolution % self.model_cfg.factor:
+      raise ValueError(f"data.resolution={self.resolution} is not divisible by the tokenizer's "
+                       f"downsampling factor {self.model_cfg.factor}")
+    if self.decoder_finetune and not config.init_from:
+      raise ValueError("stage decoder_finetune needs config.init_from: the workdir (or "
+                       "checkpoint step directory) of a trained tokenizer")
+    self.progress_metrics = ("psnr", "codebook_usage")
+
+  # Shapes and init ----------------------------------------------------------------------------
+  def batch_spec(self, batch_size):
+    r = self.resolution
+    return {"image": (jax.ShapeDtypeStruct((batch_size, r, r, 3), jnp.float32),
+                      (axes.BATCH, None, None, None))}
+
+  def _dummy(self):
+    return jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
+
+  def init_params(self, rng):
+    return self.model.init(rng, self._dummy())["params"]
+
+  def init_disc(self, rng):
+    return self.disc.init(rng, self._dummy())["params"]
+
+  def init_boxed(self, rng):
+    g, d = jax.random.split(rng)
+    return self.init_params(g), self.init_disc(d)
+
+  def generator_tx(self, tx):
+    """Decoder finetuning: zero updates for the encoder and codebook."""
+    if not self.decoder_finetune:
+      return tx
+    def labels(params):
+      return {k: ("frozen" if k in FROZEN_FOR_DECODER_FINETUNE else "train") for k in params}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+  def init_state(self, rng, tx):
+    g_rng, d_rng = jax.random.split(rng)
+    params = nn.unbox(self.init_params(g_rng))
+    disc_params = nn.unbox(self.init_disc(d_rng))
+    extra = {"disc_params": disc_params, "disc_opt_state": self.disc_tx.init(disc_params),
+             "ema_params": params, "lecam_real": jnp.zeros(()), "lecam_fake": jnp.zeros(())}
+    return TrainState.create(params, self.generator_tx(tx), extra=extra)
+
+  def load_init(self, state):
+    """decoder_finetune: encoder, codebook (and quant conv) from the trained tokenizer at
+    config.init_from (its EMA params when saved); the wider decoder starts fresh."""
+    if not self.decoder_finetune:
+      return state
+    trained = checkpoint.load_params(self.config.init_from)
+    params = dict(jax.device_get(state.params))
+    for name in FROZEN_FOR_DECODER_FINETUNE:
+      if name not in params:
+        continue
+      if name not in trained:
+        raise checkpoint.CheckpointError(f"{self.config.init_from} has no {name!r} parameters")
+      want = jax.tree.map(np.shape, params[name])
+      have = jax.tree.map(np.shape, trained[name])
+      if want != have:
+        raise checkpoint.CheckpointError(
+            f"{name} parameters in {self.config.init_from} do not fit this config: "
+            f"{have} vs {want}; the encoder and codebook settings must equal the trained ones")
+      params[name] = trained[name]
+    # Host copies for params and EMA: the caller device_puts the state and donates it to the
+    # train step, and two leaves sharing one buffer would be donated twice.
+    params = jax.tree.map(np.array, params)
+    return state.replace(params=params,
+                         extra=dict(state.extra, ema_params=jax.tree.map(np.array, params)))
+
+  # Steps --------------------------------------------------------------------------------------
+  def _reconstruct(self, params, img):
+    if not self.decoder_finetune:
+      return self.model.apply({"params": params}, img)
+    # The encoder and codebook are frozen: gradients reach the decoder only.
+    frozen = {k: jax.lax.stop_gradient(v) if k in FROZEN_FOR_DECODER_FINETUNE else v
+              for k, v in params.items()}
+    return self.model.apply({"params": frozen}, img)
+
+  def train_step(self, state, batch, rng, tx):
+    lc = self.loss_cfg
+    del rng  # the stage is deterministic given the batch
+    img = batch["image"]
+    adv_on = (state.step >= lc.adv_start_step).astype(jnp.float32)
+    disc_params = state.extra["disc_params"]
+
+    def gen_loss(params):
+      rec, ids, vq = self._reconstruct(params, img)
+      err = rec - img
+      rec_loss = jnp.mean(jnp.abs(err)) if lc.reconstruction == "l1" else jnp.mean(err ** 2)
+      g_adv = jnp.mean(jax.nn.softplus(-self.disc.apply({"params": disc_params}, rec)))
+      loss = lc.reconstruction_weight * rec_loss + vq["vq_loss"] + (
+          lc.adversarial_weight * adv_on * g_adv)
+      return loss, (rec, ids, dict(vq, rec_loss=rec_loss, g_adv=g_adv))
+
+    (loss, (rec, ids, aux)), grads = jax.value_and_grad(gen_loss, has_aux=True)(state.params)
+    g_tx = self.generator_tx(tx)
+    updates, opt_state = g_tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    rec_sg = jax.lax.stop_gradient(rec)
+
+    def disc_loss(dp):
+      real = self.disc.apply({"params": dp}, img)
+      fake = self.disc.apply({"params": dp}, rec_sg)
+      loss = jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake))
+      lecam = jnp.mean(jax.nn.relu(real - state.extra["lecam_fake"]) ** 2) + jnp.mean(
+          jax.nn.relu(state.extra["lecam_real"] - fake) ** 2)
+      r1_grads = jax.grad(lambda x: jnp.sum(self.disc.apply({"params": dp}, x)))(img)
+      r1 = jnp.mean(jnp.sum(r1_grads ** 2, axis=(1, 2, 3)))
+      total = loss + lc.lecam_weight * lecam + 0.5 * lc.r1_gamma * r1
+      return total, (real, fake, r1, loss)
+
+    (d_total, (real, fake, r1, d_loss)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
+        disc_params)
+    d_updates, d_opt = self.disc_tx.update(d_grads, state.extra["disc_opt_state"], disc_params)
+    new_disc = optax.apply_updates(disc_params, d_updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(adv_on > 0, n, o), new, old)  # noqa: E731
+    decay = lc.ema_decay
+    extra = {
+        "disc_params": keep(new_disc, disc_params),
+        "disc_opt_state": keep(d_opt, state.extra["disc_opt_state"]),
+        "ema_params": jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
+                                   state.extra["ema_params"], params),
+        "lecam_real": lc.lecam_decay * state.extra["lecam_real"] + (1 - lc.lecam_decay) * real.mean(),
+        "lecam_fake": lc.lecam_decay * state.extra["lecam_fake"] + (1 - lc.lecam_decay) * fake.mean(),
+    }
+    pr = self.model_cfg.pixel_range
+    metrics = {
+        "loss": loss, "grad_norm": optax.tree.norm(grads), "disc_loss": d_loss, "r1": r1,
+        "logits_real": real.mean(), "logits_fake": fake.mean(),
+        "psnr": recon.psnr(_to_unit(rec_sg, pr), _to_unit(img, pr)).mean(),
+        **{k: v for k, v in aux.items()},
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              extra=extra)
+    return new_state, metrics
+
+  # Evaluation ---------------------------------------------------------------------------------
+  @functools.partial(jax.jit, static_argnums=0)
+  def _eval(self, params, img):
+    rec, ids, vq = self.model.apply({"params": params}, img)
+    pr = self.model_cfg.pixel_range
+    a, b = _to_unit(rec, pr), _to_unit(img, pr)
+    return a, ids, {"psnr": recon.psnr(a, b).mean(), "ssim": recon.ssim(a, b).mean(),
+                    "codebook_usage": vq["codebook_usage"]}
+
+  def evaluate(self, state, batch, workdir, step):
+    """Reconstructs `batch` with the EMA generator: PSNR, SSIM, codebook usage, and a PNG grid
+    (top row inputs, bottom row reconstructions) at workdir/samples/recon_STEP.png."""
+    params = jax.device_get(state.extra["ema_params"])
+    img = jnp.asarray(jax.device_get(batch["image"]))
+    rec, ids, m = self._eval(params, img)
+    pr = self.model_cfg.pixel_range
+    top = np.asarray(_to_unit(img, pr))
+    grid = np.concatenate([np.concatenate(list(top), 1), np.concatenate(list(np.asarray(rec)), 1)],
+                          0)
+    out = epath.Path(workdir) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"recon_{step:08d}.png").open("wb") as f:
+      PIL.Image.fromarray((grid * 255).round().astype(np.uint8)).save(f, "PNG")
+    usage = len(np.unique(np.asarray(ids))) / self.model_cfg.codebook_size
+    return {"eval_psnr": float(m["psnr"]), "eval_ssim": float(m["ssim"]),
+            "eval_codebook_usage": usage}
+
+  # Data ---------------------------------------------------------------------------------------
+  def make_source(self):
+    return sources.image_text_source(self.config.data)
+
+  def make_transform(self, counter):
+    d = self.config.data
+    cfg = preprocess.ImageConfig(resolution=self.resolution, crop=d.crop, flip=d.flip,
+                                 value_range=self.model_cfg.pixel_range)
+    return preprocess.ImageTextProcessor(cfg, None, counter)

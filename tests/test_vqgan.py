@@ -1,0 +1,142 @@
+"""VQGAN tokenizer: model invariants, quantizer against numpy, the vqgan and decoder_finetune
+stages (smoke, resume, frozen encoder), reconstruction metrics against numpy."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import signal
+
+from configs import decoder_finetune as ft_config
+from configs import vqgan as vq_config
+from muse_jax import checkpoint as ckpt_lib
+from muse_jax import tasks
+from muse_jax.metrics import recon
+from muse_jax.models.vqgan import VQGAN, VQGANConfig
+from muse_jax.train import loop
+
+SMALL = VQGANConfig(base_channels=16, channel_mult=(1, 2, 2), latent_dim=8, codebook_size=32,
+                    norm_groups=8)
+
+
+def _config(module, **overrides):
+  config = module.get_config("size=tiny")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (16, 24), (32, 12)])
+def test_any_size_divisible_by_f_encodes(hw):
+  model = VQGAN(SMALL)
+  img = jax.random.uniform(jax.random.key(0), (2, *hw, 3), minval=-1, maxval=1)
+  params = nn.unbox(model.init(jax.random.key(1), img))
+  ids = model.apply(params, img, method=model.encode)
+  assert ids.shape == (2, hw[0] // 4, hw[1] // 4) and ids.dtype == jnp.int32
+  out = model.apply(params, ids, method=model.decode)
+  assert out.shape == img.shape
+
+
+def test_wrong_image_size_is_a_clear_error():
+  model = VQGAN(SMALL)
+  params = nn.unbox(model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3))))
+  with pytest.raises(ValueError, match="divisible by 4"):
+    model.apply(params, jnp.zeros((1, 10, 8, 3)), method=model.encode)
+
+
+def test_quantizer_matches_numpy_nearest_code_and_straight_through():
+  model = VQGAN(SMALL)
+  img = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+  params = nn.unbox(model.init(jax.random.key(1), img))
+  z = model.apply(params, img, method=lambda m, x: m.encoder(x))
+  ids = np.asarray(model.apply(params, img, method=model.encode))
+  codebook = np.asarray(params["params"]["quantizer"]["codebook"])
+  d = ((np.asarray(z)[..., None, :] - codebook) ** 2).sum(-1)
+  np.testing.assert_array_equal(ids, d.argmin(-1))
+  # Straight-through: the reconstruction loss has a gradient on the encoder.
+  grads = jax.grad(lambda p: jnp.mean(model.apply(p, img)[0] ** 2))(params)
+  enc = jax.tree.leaves(grads["params"]["encoder"])
+  assert any(float(jnp.abs(g).max()) > 0 for g in enc)
+
+
+def _ssim_numpy(a, b):
+  x = np.arange(11) - 5.0
+  g = np.exp(-x ** 2 / (2 * 1.5 ** 2))
+  w = np.outer(g, g) / np.outer(g, g).sum()
+  c1, c2 = 0.01 ** 2, 0.03 ** 2
+  out = []
+  for ch in range(a.shape[-1]):
+    f = lambda im: signal.convolve2d(im, w, mode="valid")  # noqa: E731
+    ai, bi = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
+    ma, mb = f(ai), f(bi)
+    va, vb, cov = f(ai * ai) - ma ** 2, f(bi * bi) - mb ** 2, f(ai * bi) - ma * mb
+    out.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+  return np.mean(out)
+
+
+def test_psnr_and_ssim_against_numpy():
+  rng = np.random.default_rng(0)
+  a = rng.random((2, 24, 20, 3)).astype(np.float32)
+  b = np.clip(a + 0.05 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+  mse = ((a - b) ** 2).mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(recon.psnr(a, b), 10 * np.log10(1 / mse), rtol=1e-5)
+  np.testing.assert_allclose(recon.ssim(a, b), [_ssim_numpy(a[i], b[i]) for i in range(2)],
+                             rtol=1e-4)
+  np.testing.assert_allclose(recon.ssim(a, a), [1.0, 1.0], rtol=1e-6)
+
+
+def test_vqgan_stage_trains_writes_grids_and_resumes_exactly(tmp_path):
+  const = {"optim.decay": "constant", "disc_optim.decay": "constant"}
+  full = loop.run(_config(vq_config, **{"train.num_steps": 12}, **const), tmp_path / "full")
+  first = loop.run(_config(vq_config, **{"train.num_steps": 6, "checkpoint.every": 6}, **const),
+                   tmp_path / "split")
+  second = loop.run(_config(vq_config, **{"train.num_steps": 12}, **const), tmp_path / "split")
+  assert second["start_step"] == 6
+  resumed = {**first["losses"], **second["losses"]}
+  np.testing.assert_allclose([resumed[s] for s in range(1, 13)],
+                             [full["losses"][s] for s in range(1, 13)], rtol=1e-5)
+  grids = sorted(p.name for p in (tmp_path / "full" / "samples").iterdir())
+  assert grids == ["recon_00000010.png", "recon_00000012.png"]
+
+
+@pytest.fixture(scope="module")
+def trained_tokenizer(tmp_path_factory):
+  """Workdir of a tiny tokenizer trained for 4 steps (shared by the finetuning tests)."""
+  workdir = tmp_path_factory.mktemp("vq")
+  loop.run(_config(vq_config, **{"train.num_steps": 4}), workdir)
+  return workdir
+
+
+def test_decoder_finetune_keeps_encoder_and_codebook_and_token_ids(tmp_path, trained_tokenizer):
+  trained = ckpt_lib.load_params(trained_tokenizer)
+  ft = _config(ft_config, **{"train.num_steps": 3, "init_from": str(trained_tokenizer)})
+  out = loop.run(ft, tmp_path / "ft")
+  assert sorted(out["losses"]) == [1, 2, 3]
+  tuned = ckpt_lib.load_params(tmp_path / "ft", prefer_ema=False)
+  for name in ("encoder", "quantizer"):
+    for x, y in zip(jax.tree.leaves(trained[name]), jax.tree.leaves(tuned[name])):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The decoder did change and is wider.
+  assert (jax.tree.leaves(tuned["decoder"])[0].shape
+          != jax.tree.leaves(trained["decoder"])[0].shape or
+          not np.array_equal(jax.tree.leaves(tuned["decoder"])[0],
+                             jax.tree.leaves(trained["decoder"])[0]))
+
+  vq_task, ft_task = tasks.get_task(_config(vq_config)), tasks.get_task(ft)
+  img = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1, maxval=1)
+  ids_a = vq_task.model.apply({"params": trained}, img, method=vq_task.model.encode)
+  ids_b = ft_task.model.apply({"params": tuned}, img, method=ft_task.model.encode)
+  np.testing.assert_array_equal(np.asarray(ids_a), np.asarray(ids_b))
+
+
+def test_decoder_finetune_needs_a_matching_tokenizer(tmp_path, trained_tokenizer):
+  with pytest.raises(ValueError, match="needs config.init_from"):
+    loop.Setup(_config(ft_config))
+  bad = _config(ft_config, **{"train.num_steps": 2, "init_from": str(trained_tokenizer),
+                              "model.latent_dim": 8})
+  with pytest.raises(ckpt_lib.CheckpointError, match="encoder parameters .* do not fit"):
+    loop.run(bad, tmp_path / "ft")
