@@ -1,0 +1,1 @@
+"""Importers for published weights (explicit key maps) into muse_jax checkpoints."""
