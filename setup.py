@@ -43,6 +43,7 @@ setup(
         "console_scripts": [
             "muse-train=muse_jax.main:run_main",
             "muse-fit=muse_jax.cli.fit:run_main",
+            "muse-convert=muse_jax.convert.vq:run_main",
         ],
     },
 )
