@@ -367,7 +367,10 @@ def _convert_diffusers(src, out, args):
   return cfg
 
 
-CONVERTERS = {"maskgit-vq": _convert_maskgit, "diffusers-vq": _convert_diffusers}
+from muse_jax.convert import hf_text  # noqa: E402  (text-encoder rows below)
+
+CONVERTERS = {"maskgit-vq": _convert_maskgit, "diffusers-vq": _convert_diffusers,
+              "hf-t5": hf_text.convert_hf_t5, "hf-bert": hf_text.convert_hf_bert}
 
 
 def _assignment(text):

@@ -11,6 +11,15 @@ import threading
 import numpy as np
 
 
+def _first_id(token_to_id, tokens, default):
+  """The id of the first of `tokens` that the vocabulary has, else `default`."""
+  for token in tokens:
+    token_id = token_to_id(token)
+    if token_id is not None:
+      return token_id
+  return default
+
+
 class CaptionTokenizer:
   """caption str -> (ids [max_length] int32, mask [max_length] bool)."""
 
@@ -35,13 +44,10 @@ class CaptionTokenizer:
       self._tok = tokenizers.Tokenizer.from_file(path)
       self._tok.no_truncation()
       self._tok.no_padding()
-      self.pad_id = self._tok.token_to_id("[PAD]") or self._tok.token_to_id("<pad>") or 0
+      self.pad_id = _first_id(self._tok.token_to_id, ("[PAD]", "<pad>"), default=0)
       self._encode = lambda s: self._tok.encode(s).ids
-      self._eos = None
-      # BERT-style post-processing appends [SEP]; keep it when truncating.
-      sep = self._tok.token_to_id("[SEP]")
-      eos = self._tok.token_to_id("</s>")
-      self._eos = sep if sep is not None else eos
+      # The post-processor appends [SEP] (BERT) or </s> (T5); truncation keeps it last.
+      self._eos = _first_id(self._tok.token_to_id, ("[SEP]", "</s>"), default=None)
     elif path.endswith(".model"):
       import sentencepiece
       self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
@@ -52,6 +58,8 @@ class CaptionTokenizer:
       raise ValueError(f"tokenizer file {path} is neither a tokenizer.json nor a .model file")
 
   def __call__(self, caption: str):
+    if not isinstance(caption, str):
+      raise TypeError(f"a caption must be a str, got {type(caption).__name__}: {caption!r:.80}")
     ids = list(self._encode(caption))
     if len(ids) > self.max_length:
       with self._lock:
