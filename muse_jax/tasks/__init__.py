@@ -1,8 +1,9 @@
 """Stage registry: config.stage picks the task; the one train loop runs it."""
-from muse_jax.tasks import base, vqgan
+from muse_jax.tasks import base, superres, vqgan
 
 TASKS = {
     "base": base.BaseTask,
+    "superres": superres.SuperResTask,
     "vqgan": vqgan.VQGANTask,
     "decoder_finetune": vqgan.VQGANTask,
 }

@@ -1,0 +1,138 @@
+"""Stage `superres`: high-res token ids given low-res token ids and text states.
+
+Trained like the base stage (tasks/base.py): each example masks exactly ceil(r M) of its M
+high-res ids with r from config.masking.rate, a config.masking.text_drop_prob fraction of the
+examples lose their text (the context keeps only the low-res part), and the loss is the
+cross-entropy on the masked positions. Batches: "tokens_lo" [B, N], "tokens" (high-res) [B, M],
+"txt" [B, T, C], "txt_mask" [B, T].
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from muse_jax import masking
+from muse_jax.data import preencoded, preprocess, synthetic_pairs
+from muse_jax.models.superres import SuperResConfig, SuperResTransformer
+from muse_jax.parallel import axes
+from muse_jax.tasks.base import MaskingConfig, masked_token_loss
+from muse_jax.train import step as step_lib
+
+
+class PreEncodedPairs:
+  """PreEncodedSource record -> {"tokens_lo", "tokens", "txt", "txt_mask"}; records the source
+  marked unreadable are counted and dropped (None). A record without "tokens_hi", or whose token
+  counts or text width do not match the model, is a configuration mistake and raises ValueError."""
+
+  def __init__(self, cfg: SuperResConfig, counter: preprocess.SkipCounter):
+    self.cfg, self.counter = cfg, counter
+
+  def __call__(self, record: dict):
+    key = str(record.get("key", ""))
+    if "skip" in record:
+      reason, detail = record["skip"]
+      self.counter.record_skip(preprocess.SkipRecord(reason, key, detail))
+      return None
+    c = self.cfg
+    if "tokens_hi" not in record:
+      raise ValueError(f"pre-encoded record {key or '?'} has no 'tokens_hi': stage superres needs "
+                       f"shards written with both tokenizers (base ids in 'tokens', super-res ids "
+                       f"in 'tokens_hi')")
+    checks = (("tokens", record["tokens"].shape[0], c.lo_seq_len, "model.lo_grid_size"),
+              ("tokens_hi", record["tokens_hi"].shape[0], c.hi_seq_len, "model.hi_grid_size"),
+              ("txt", record["txt"].shape[-1], c.text_dim, "model.text_dim"))
+    for name, got, want, field in checks:
+      if got != want:
+        raise ValueError(f"pre-encoded record {key or '?'}: '{name}' has size {got} but "
+                         f"{field} implies {want}")
+    self.counter.record_ok()
+    return {"tokens_lo": np.asarray(record["tokens"], np.int32),
+            "tokens": np.asarray(record["tokens_hi"], np.int32),
+            "txt": record["txt"], "txt_mask": record["txt_mask"]}
+
+
+class SuperResTask:
+  """init_params / init_state / train_step for the super-res stage."""
+
+  def __init__(self, config):
+    self.config = config
+    self.model_cfg = SuperResConfig(**config.model.to_dict())
+    self.masking_cfg = MaskingConfig(**config.masking.to_dict())
+    self.model = SuperResTransformer(self.model_cfg)
+    self.text_length = int(config.data.text_length)
+    if self.text_length <= 0:
+      raise ValueError(f"data.text_length must be positive, got {self.text_length}")
+    self.progress_metrics = ("masked_acc",)
+
+  # Shapes -------------------------------------------------------------------------------------
+  def batch_spec(self, batch_size: int) -> dict:
+    """name -> (ShapeDtypeStruct, logical axes) of one global batch."""
+    c = self.model_cfg
+    return {
+        "tokens_lo": (jax.ShapeDtypeStruct((batch_size, c.lo_seq_len), jnp.int32),
+                      (axes.BATCH, axes.LENGTH)),
+        "tokens": (jax.ShapeDtypeStruct((batch_size, c.hi_seq_len), jnp.int32),
+                   (axes.BATCH, axes.LENGTH)),
+        "txt": (jax.ShapeDtypeStruct((batch_size, self.text_length, c.text_dim), jnp.float32),
+                (axes.BATCH, axes.TEXT_LENGTH, axes.TEXT_EMBED)),
+        "txt_mask": (jax.ShapeDtypeStruct((batch_size, self.text_length), jnp.bool_),
+                     (axes.BATCH, axes.TEXT_LENGTH)),
+    }
+
+  def init_params(self, rng):
+    """Boxed (nn.Partitioned) float32 params."""
+    d = {k: jnp.zeros(v[0].shape, v[0].dtype) for k, v in self.batch_spec(1).items()}
+    return self.model.init(rng, d["tokens"], d["tokens_lo"], d["txt"], d["txt_mask"])["params"]
+
+  def init_boxed(self, rng):
+    return (self.init_params(rng),)
+
+  def init_state(self, rng, tx: optax.GradientTransformation):
+    return step_lib.init_state(self.init_params, rng, tx)
+
+  # Steps --------------------------------------------------------------------------------------
+  def mask_and_drop_text(self, rng, tokens_BxM, txt_mask_BxT):
+    """The base stage's training corruption: -> (inputs_BxM with [MASK] ids, mask_BxM, rate_B,
+    txt_mask_BxT with dropped examples all False, keep_text_B)."""
+    b, m = tokens_BxM.shape
+    mask_rng, drop_rng = jax.random.split(rng)
+    mask_BxM, rate_B = masking.training_mask(mask_rng, b, m, self.masking_cfg.rate)
+    keep_text_B = jax.random.uniform(drop_rng, (b,)) >= self.masking_cfg.text_drop_prob
+    inputs_BxM = jnp.where(mask_BxM, self.model_cfg.mask_id, tokens_BxM)
+    return inputs_BxM, mask_BxM, rate_B, txt_mask_BxT & keep_text_B[:, None], keep_text_B
+
+  def loss_fn(self, params, batch, rng):
+    tokens_BxM = batch["tokens"]
+    inputs_BxM, mask_BxM, rate_B, txt_mask_BxT, keep_text_B = self.mask_and_drop_text(
+        rng, tokens_BxM, batch["txt_mask"])
+    logits = self.model.apply({"params": params}, inputs_BxM, batch["tokens_lo"], batch["txt"],
+                              txt_mask_BxT)
+    loss, acc = masked_token_loss(logits, tokens_BxM, mask_BxM)
+    return loss, {"loss": loss, "masked_acc": acc, "mask_rate": rate_B.mean(),
+                  "text_kept": keep_text_B.mean()}
+
+  def train_step(self, state, batch, rng, tx):
+    return step_lib.gradient_step(self.loss_fn, state, batch, rng, tx)
+
+  # Data ---------------------------------------------------------------------------------------
+  def make_source(self):
+    """"preencoded" shards with base ids ("tokens") and super-res ids ("tokens_hi"), or the
+    "synthetic" stand-in."""
+    d = self.config.data
+    c = self.model_cfg
+    if d.source == "preencoded":
+      return preencoded.PreEncodedSource(d.path, self.text_length)
+    if d.source == "synthetic":
+      return synthetic_pairs.SyntheticPairSource(
+          num_examples=d.num_examples, lo_grid_size=c.lo_grid_size, hi_grid_size=c.hi_grid_size,
+          codebook_size=c.codebook_size, lo_codebook_size=c.lo_codebook_size,
+          text_length=self.text_length, text_dim=c.text_dim, seed=d.seed)
+    raise ValueError(f"data.source={d.source!r} is not available for stage 'superres'; expected "
+                     f"'preencoded' (base and super-res token ids + text states written by "
+                     f"muse-encode) or 'synthetic'")
+
+  def make_transform(self, counter):
+    """Pre-encoded records are renamed into pairs; synthetic ones already are."""
+    if self.config.data.source == "preencoded":
+      return PreEncodedPairs(self.model_cfg, counter)
+    return None
