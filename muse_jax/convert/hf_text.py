@@ -3,7 +3,12 @@
 A snapshot is a folder with config.json and safetensors weights: one `model.safetensors`, or shards
 listed by a `*.safetensors.index.json`. T5EncoderModel and T5ForConditionalGeneration snapshots
 both load (decoder and lm_head weights are ignored); BertModel snapshots with or without the
-`bert.` prefix of the task heads (pooler and heads ignored). Pickle weights (.bin) are refused.
+`bert.` prefix of the task heads (pooler and heads ignored). Pickle weights (.bin) are refused;
+float32, float16 and bfloat16 tensors are read and upcast to float32.
+
+`muse-convert --from hf-t5|hf-bert SRC --out DST` writes our own format (params.safetensors with
+our param paths, a config.json tagged "format": "muse_jax.text_encoder", and the tokenizer files);
+`text_encoder.load` reads that folder as it reads a snapshot.
 
 Every parameter comes from an explicit key map: our params path -> their key(s), one per layer for
 the scanned layers (stacked on a leading axis), with the HF shape the config implies and the
