@@ -64,19 +64,27 @@ class MultiHeadAttention(nn.Module):
   """Attention of queries x_BxQxD over keys/values kv_BxKxD.
 
   mask_BxK: which keys may be attended (None: all). Returns y_BxQxD.
+
+  For a context that stays fixed across many calls (text during decoding) the key/value projection
+  can be done once: `project_kv_only=True` returns (k_BxKxHxE, v_BxKxHxE) (x_BxQxD unused), and a
+  later call with `cached_kv=(k, v)` attends over them instead of projecting kv_BxKxD (then unused).
+  Both paths use the same "key"/"value" parameters.
   """
   num_heads: int
   head_dim: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxQxD, kv_BxKxD, mask_BxK=None):
-    d = x_BxQxD.shape[-1]
+  def __call__(self, x_BxQxD, kv_BxKxD, mask_BxK=None, *, cached_kv=None, project_kv_only=False):
     qkv_axes = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
     feats = (self.num_heads, self.head_dim)
+    project_kv = lambda: (dense(feats, qkv_axes, self.dtype, name="key")(kv_BxKxD),
+                          dense(feats, qkv_axes, self.dtype, name="value")(kv_BxKxD))
+    if project_kv_only:
+      return project_kv()
+    d = x_BxQxD.shape[-1]
     q_BxQxHxK = dense(feats, qkv_axes, self.dtype, name="query")(x_BxQxD)
-    k_BxSxHxK = dense(feats, qkv_axes, self.dtype, name="key")(kv_BxKxD)
-    v_BxSxHxK = dense(feats, qkv_axes, self.dtype, name="value")(kv_BxKxD)
+    k_BxSxHxK, v_BxSxHxK = project_kv() if cached_kv is None else cached_kv
     q_BxQxHxK = q_BxQxHxK * jnp.asarray(self.head_dim ** -0.5, self.dtype)
     logits_BxHxQxS = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK,
                                 preferred_element_type=jnp.float32)
@@ -108,15 +116,24 @@ class TransformerBlock(nn.Module):
   x_BxNxD: image stream. ctx_BxTxD / ctx_mask_BxT: context (projected text) or None for a pure
   self-attention block. Examples whose context mask is all False skip cross-attention entirely, so
   for them the block is image self-attention + MLP. Scannable: returns (x_BxNxD, None).
+
+  cross_kv: this layer's cross-attention (k_BxTxHxE, v_BxTxHxE), computed earlier by a block with
+  `context_kv_only=True` (which takes the context as its carry, projects it and returns
+  (ctx_BxTxD, (k, v))); then ctx_BxTxD is unused and only ctx_mask_BxT is needed.
   """
   num_heads: int
   head_dim: int
   mlp_dim: int
   cross_attention: bool = True
   dtype: Dtype = jnp.float32
+  context_kv_only: bool = False
 
   @nn.compact
-  def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None):
+  def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None, cross_kv=None):
+    if self.context_kv_only:
+      ctx_BxTxD = x_BxNxD
+      cross_attn = MultiHeadAttention(self.num_heads, self.head_dim, self.dtype, name="cross_attn")
+      return ctx_BxTxD, cross_attn(None, ctx_BxTxD, project_kv_only=True)
     act_axes = (axes.BATCH, axes.LENGTH, axes.EMBED)
     x_BxNxD = nn.with_logical_constraint(x_BxNxD, act_axes)
     h = layer_norm(self.dtype, "ln_self")(x_BxNxD)
@@ -124,8 +141,8 @@ class TransformerBlock(nn.Module):
                                            name="self_attn")(h, h)
     if self.cross_attention:
       h = layer_norm(self.dtype, "ln_cross")(x_BxNxD)
-      y = MultiHeadAttention(self.num_heads, self.head_dim, self.dtype,
-                             name="cross_attn")(h, ctx_BxTxD, ctx_mask_BxT)
+      y = MultiHeadAttention(self.num_heads, self.head_dim, self.dtype, name="cross_attn")(
+          h, ctx_BxTxD, ctx_mask_BxT, cached_kv=cross_kv)
       has_ctx_B = jnp.any(ctx_mask_BxT, axis=-1)
       x_BxNxD = x_BxNxD + jnp.where(has_ctx_B[:, None, None], y, jnp.zeros_like(y))
     h = layer_norm(self.dtype, "ln_mlp")(x_BxNxD)
@@ -135,7 +152,13 @@ class TransformerBlock(nn.Module):
 
 class BlockStack(nn.Module):
   """`num_layers` TransformerBlocks under nn.scan (one compiled layer; params stacked on a leading
-  "layers" axis) with optional rematerialisation. x_BxNxD -> same shape."""
+  "layers" axis) with optional rematerialisation. x_BxNxD -> same shape.
+
+  Decoding with a fixed context computes every layer's cross-attention keys/values once:
+  `context_kv_only=True` returns them stacked on the layer axis, (k_LxBxTxHxE, v_LxBxTxHxE), from
+  ctx_BxTxD (x_BxNxD unused); passing them back as `cross_kv` runs the stack without re-projecting
+  the context (ctx_BxTxD then unused). Same parameters on every path.
+  """
   num_layers: int
   num_heads: int
   head_dim: int
@@ -145,14 +168,26 @@ class BlockStack(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None):
+  def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None, cross_kv=None, *,
+               context_kv_only=False):
     block = TransformerBlock
-    if self.remat:
+    if self.remat and not context_kv_only:
       block = nn.remat(block, prevent_cse=False,
                        policy=jax.checkpoint_policies.nothing_saveable)
-    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
-                    metadata_params={nn.PARTITION_NAME: axes.LAYERS})
-    x_BxNxD, _ = stack(self.num_heads, self.head_dim, self.mlp_dim, self.cross_attention,
-                       self.dtype, name="layers")(x_BxNxD, ctx_BxTxD, ctx_mask_BxT)
+    scan = lambda in_axes: nn.scan(block, variable_axes={"params": 0},
+                                   split_rngs={"params": True}, in_axes=in_axes,
+                                   length=self.num_layers,
+                                   metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+    args = (self.num_heads, self.head_dim, self.mlp_dim, self.cross_attention, self.dtype)
+    if context_kv_only:
+      if not self.cross_attention:
+        raise ValueError("context_kv_only needs a stack built with cross_attention=True")
+      _, kv = scan(())(*args, context_kv_only=True, name="layers")(ctx_BxTxD)
+      return kv
+    if cross_kv is None:
+      x_BxNxD, _ = scan((nn.broadcast, nn.broadcast))(*args, name="layers")(
+          x_BxNxD, ctx_BxTxD, ctx_mask_BxT)
+    else:
+      x_BxNxD, _ = scan((nn.broadcast, nn.broadcast, 0))(*args, name="layers")(
+          x_BxNxD, None, ctx_mask_BxT, cross_kv)
     return x_BxNxD

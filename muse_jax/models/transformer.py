@@ -1,7 +1,9 @@
 """The Muse base model: a masked transformer over image tokens conditioned on text states."""
 import dataclasses
 
+import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from muse_jax.models import layers
@@ -111,22 +113,60 @@ class OutputHead(nn.Module):
     return nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
 
+@flax.struct.dataclass
+class TextCache:
+  """What the image stream needs from the text, computed once per decode by
+  `MaskedTransformer.encode_context`: the text mask and every layer's cross-attention keys and
+  values, stacked on the layer axis (L layers, H heads of width E)."""
+  txt_mask_BxT: jax.Array
+  keys_LxBxTxHxE: jax.Array
+  values_LxBxTxHxE: jax.Array
+
+  @property
+  def batch_size(self) -> int:
+    return self.txt_mask_BxT.shape[0]
+
+
 class MaskedTransformer(nn.Module):
   """Muse base model.
 
   tokens_BxN: image token ids with masked positions set to cfg.mask_id (N = grid_size^2).
   txt_BxTxC: text encoder states; txt_mask_BxT: valid text positions (all False = no text, the
   unconditional branch for classifier-free guidance). Returns logits_BxNxV, float32.
+
+  For decoding, where the text is fixed over many steps, `encode_context` projects it and computes
+  every layer's cross-attention keys/values once (a TextCache) and `logits_from_cache` runs the
+  image stream against them; their composition equals `__call__`. Call them through
+  `model.apply({"params": params}, ..., method="encode_context")`.
   """
   cfg: TransformerConfig
 
-  @nn.compact
-  def __call__(self, tokens_BxN, txt_BxTxC, txt_mask_BxT):
+  def setup(self):
     c = self.cfg
-    x_BxNxD = TokenEmbedding(c, name="embed")(tokens_BxN)
-    ctx_BxTxD = TextProjection(c, name="text_proj")(txt_BxTxC)
-    x_BxNxD = layers.BlockStack(c.num_layers, c.num_heads, c.hidden_size // c.num_heads, c.mlp_dim,
-                                cross_attention=True, remat=c.remat, dtype=c.compute_dtype,
-                                name="blocks")(x_BxNxD, ctx_BxTxD, txt_mask_BxT)
-    x_BxNxD = layers.layer_norm(c.compute_dtype, "ln_final")(x_BxNxD)
-    return OutputHead(c, name="head")(x_BxNxD)
+    self.embed = TokenEmbedding(c)
+    self.text_proj = TextProjection(c)
+    self.blocks = layers.BlockStack(c.num_layers, c.num_heads, c.hidden_size // c.num_heads,
+                                    c.mlp_dim, cross_attention=True, remat=c.remat,
+                                    dtype=c.compute_dtype)
+    self.ln_final = layers.layer_norm(c.compute_dtype)
+    self.head = OutputHead(c)
+
+  def __call__(self, tokens_BxN, txt_BxTxC, txt_mask_BxT):
+    x_BxNxD = self.embed(tokens_BxN)
+    x_BxNxD = self.blocks(x_BxNxD, self.text_proj(txt_BxTxC), txt_mask_BxT)
+    return self.head(self.ln_final(x_BxNxD))
+
+  def encode_context(self, txt_BxTxC, txt_mask_BxT) -> TextCache:
+    """txt_BxTxC, txt_mask_BxT -> TextCache (keys/values in the compute dtype)."""
+    keys, values = self.blocks(None, self.text_proj(txt_BxTxC), context_kv_only=True)
+    return TextCache(txt_mask_BxT=txt_mask_BxT, keys_LxBxTxHxE=keys, values_LxBxTxHxE=values)
+
+  def logits_from_cache(self, tokens_BxN, cache: TextCache):
+    """tokens_BxN and a TextCache of the same batch size -> logits_BxNxV, float32."""
+    if cache.batch_size != tokens_BxN.shape[0]:
+      raise ValueError(f"text cache holds {cache.batch_size} examples but tokens have "
+                       f"{tokens_BxN.shape[0]}; encode the text of every row being decoded")
+    x_BxNxD = self.embed(tokens_BxN)
+    x_BxNxD = self.blocks(x_BxNxD, None, cache.txt_mask_BxT,
+                          (cache.keys_LxBxTxHxE, cache.values_LxBxTxHxE))
+    return self.head(self.ln_final(x_BxNxD))
