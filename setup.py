@@ -44,6 +44,7 @@ setup(
             "muse-train=muse_jax.main:run_main",
             "muse-fit=muse_jax.cli.fit:run_main",
             "muse-convert=muse_jax.convert.vq:run_main",
+            "muse-encode=muse_jax.cli.encode:run_main",
         ],
     },
 )

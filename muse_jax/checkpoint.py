@@ -112,10 +112,9 @@ def abstract_with_shardings(abstract_tree, shardings):
                       abstract_tree, shardings)
 
 
-
-def load_params(path, prefer_ema: bool = True) -> dict:
-  """Host-side params from a training checkpoint: `path` is a workdir (latest step), its
-  checkpoints/ folder, or one step folder. Returns the EMA params when saved (prefer_ema)."""
+def step_dir(path) -> epath.Path:
+  """The checkpoint folder that `path` names: a workdir (its latest step), its checkpoints/
+  folder, or one step folder."""
   path = epath.Path(path)
   for candidate in (path / "checkpoints", path):
     steps = [int(p.name) for p in candidate.iterdir() if p.name.isdigit()] if candidate.is_dir() else []
@@ -125,8 +124,21 @@ def load_params(path, prefer_ema: bool = True) -> dict:
   if not (path / "state").is_dir():
     raise CheckpointError(f"{path} holds no checkpoint (expected WORKDIR, WORKDIR/checkpoints or "
                           f"WORKDIR/checkpoints/STEP with a 'state' item)")
-  state = ocp.StandardCheckpointer().restore(path / "state")
+  return path
+
+
+def load_params(path, prefer_ema: bool = True) -> dict:
+  """Host-side params from a training checkpoint (see step_dir for `path`). Returns the EMA
+  params when saved (prefer_ema)."""
+  state = ocp.StandardCheckpointer().restore(step_dir(path) / "state")
   extra = state.get("extra") or {}
   if prefer_ema and isinstance(extra, dict) and "ema_params" in extra:
     return extra["ema_params"]
   return state["params"]
+
+
+def load_config(path) -> dict:
+  """The config (as a plain dict) saved with a training checkpoint (see step_dir for `path`)."""
+  directory = step_dir(path) / "config"
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
+    return reader.restore(directory)

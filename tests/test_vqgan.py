@@ -140,3 +140,18 @@ def test_decoder_finetune_needs_a_matching_tokenizer(tmp_path, trained_tokenizer
                               "model.latent_dim": 8})
   with pytest.raises(ckpt_lib.CheckpointError, match="encoder parameters .* do not fit"):
     loop.run(bad, tmp_path / "ft")
+
+
+def test_muse_encode_reads_a_trained_tokenizer_workdir(tmp_path, trained_tokenizer, capsys):
+  from muse_jax.cli import encode
+  cfg, params = encode.load_tokenizer(str(trained_tokenizer))
+  assert cfg == tasks.get_task(_config(vq_config)).model_cfg
+  jax.tree.map(np.testing.assert_array_equal, params, ckpt_lib.load_params(trained_tokenizer))
+  out = str(tmp_path / "enc")
+  assert encode.main(["images", "--tokenizer", str(trained_tokenizer), "--num-examples", "8",
+                      "--resolution", "32", "--batch-size", "8", "--out", out]) == 0
+  assert encode.main(["decode", "--tokenizer", str(trained_tokenizer), "--input", out + "-*",
+                      "--batch-size", "8", "--out", str(tmp_path / "png")]) == 0
+  assert "wrote 8 images of 32px" in capsys.readouterr().out
+  with pytest.raises(encode.UsageError, match="neither a muse-convert folder"):
+    encode.load_tokenizer(str(tmp_path))

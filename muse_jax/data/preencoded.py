@@ -27,11 +27,15 @@ class PreEncodedWriter:
     self._writer = array_record_module.ArrayRecordWriter(self._tmp, "group_size:1")
     self.count = 0
 
-  def write(self, tokens, txt, txt_mask=None, tokens_hi=None, caption: str | None = None):
-    txt = np.asarray(txt)
-    if txt_mask is not None:
-      txt = txt[np.asarray(txt_mask, bool)]
-    rec = {"tokens": np.asarray(tokens, np.uint16), "txt": txt.astype(np.float16)}
+  def write(self, tokens, txt=None, txt_mask=None, tokens_hi=None, caption: str | None = None):
+    """txt None: an image-only record (the first pass of muse-encode, which keeps the caption
+    for the text pass); training reads only records with text states."""
+    rec = {"tokens": np.asarray(tokens, np.uint16)}
+    if txt is not None:
+      txt = np.asarray(txt)
+      if txt_mask is not None:
+        txt = txt[np.asarray(txt_mask, bool)]
+      rec["txt"] = txt.astype(np.float16)
     if tokens_hi is not None:
       rec["tokens_hi"] = np.asarray(tokens_hi, np.uint16)
     if caption is not None:
@@ -87,6 +91,27 @@ class PreEncodedSource:
     if "tokens_hi" in rec:
       out["tokens_hi"] = np.asarray(rec["tokens_hi"], np.int32)
     return out
+
+  def check(self, fields: dict, codebook_size: int, limit: int = 64) -> None:
+    """Raises ValueError naming the field when the first decodable record does not fit the
+    model: fields = {"tokens": N, "tokens_hi": M, "txt": C} (expected lengths / width)."""
+    for index in range(min(len(self), limit)):
+      rec = self[index]
+      if "skip" in rec:
+        continue
+      for name, want in fields.items():
+        if name not in rec:
+          raise ValueError(f"{self.pattern}: records have no {name!r}; this stage needs it "
+                           f"(muse-encode images --tokenizer-hi writes tokens_hi)")
+        got = rec[name].shape[-1]
+        if got != want:
+          what = "text state width" if name == "txt" else f"number of {name} ids"
+          raise ValueError(f"{self.pattern}: {what} is {got} but the model expects {want}; the "
+                           f"shards were encoded for another tokenizer, text encoder or grid")
+        if name != "txt" and rec[name].size and rec[name].max() >= codebook_size:
+          raise ValueError(f"{self.pattern}: {name} holds id {rec[name].max()} but the model has "
+                           f"codebook_size={codebook_size}")
+      return
 
   def __repr__(self):
     return f"PreEncodedSource({self.pattern}, {len(self)} examples)"

@@ -162,8 +162,9 @@ class ImageTextProcessor:
 
   Usable with grain's map (cfg.needs_rng False) or random_map (rng: np.random.Generator)."""
 
-  def __init__(self, cfg: ImageConfig, tokenizer, counter: SkipCounter):
+  def __init__(self, cfg: ImageConfig, tokenizer, counter: SkipCounter, keep_caption=False):
     self.cfg, self.tokenizer, self.counter = cfg, tokenizer, counter
+    self.keep_caption = keep_caption   # also return the cleaned caption str (muse-encode)
 
   def __call__(self, record: dict, rng=None):
     try:
@@ -176,5 +177,7 @@ class ImageTextProcessor:
     out = {"image": to_range(pixels, self.cfg.value_range)}
     if self.tokenizer is not None:
       out["txt_ids"], out["txt_mask"] = self.tokenizer(caption)
+    if self.keep_caption:
+      out["caption"] = caption
     self.counter.record_ok()
     return out

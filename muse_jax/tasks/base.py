@@ -99,7 +99,10 @@ class BaseTask:
     """Pre-tokenized examples: "preencoded" shards (muse-encode) or the "synthetic" stand-in."""
     d = self.config.data
     if d.source == "preencoded":
-      return preencoded.PreEncodedSource(d.path, self.text_length)
+      source = preencoded.PreEncodedSource(d.path, self.text_length)
+      source.check({"tokens": self.model_cfg.seq_len, "txt": self.model_cfg.text_dim},
+                   self.model_cfg.codebook_size)
+      return source
     if d.source == "synthetic":
       c = self.model_cfg
       return synthetic.SyntheticTokenSource(

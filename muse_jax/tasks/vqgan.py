@@ -47,6 +47,15 @@ class LossConfig:
       raise ValueError(f"loss.reconstruction={self.reconstruction!r}; expected 'l1' or 'l2'")
 
 
+def model_config(model: dict) -> VQGANConfig:
+  """VQGANConfig from a config's `model` section (a dict, e.g. as saved in a checkpoint)."""
+  model = dict(model)
+  for key in ("channel_mult", "decoder_channel_mult", "pixel_range"):
+    if model.get(key) is not None:
+      model[key] = tuple(model[key])
+  return VQGANConfig(**model)
+
+
 def _to_unit(img, pixel_range):
   lo, hi = pixel_range
   return jnp.clip((img - lo) / (hi - lo), 0.0, 1.0)
@@ -58,12 +67,7 @@ class VQGANTask:
   def __init__(self, config):
     self.config = config
     self.decoder_finetune = config.stage == "decoder_finetune"
-    model = config.model.to_dict()
-    model["channel_mult"] = tuple(model["channel_mult"])
-    if model.get("decoder_channel_mult") is not None:
-      model["decoder_channel_mult"] = tuple(model["decoder_channel_mult"])
-    model["pixel_range"] = tuple(model["pixel_range"])
-    self.model_cfg = VQGANConfig(**model)
+    self.model_cfg = model_config(config.model.to_dict())
     self.loss_cfg = LossConfig(**config.loss.to_dict())
     self.model = VQGAN(self.model_cfg)
     self.disc = Discriminator(tuple(config.discriminator.channels))

