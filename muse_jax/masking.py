@@ -5,7 +5,8 @@ Training draws a masking rate r per example and masks exactly ceil(r * N) of its
 [0, 1]: its CDF is F(r) = (2/pi) arcsin(r), so r = sin(pi/2 u) for u ~ U[0, 1); mean 2/pi = 0.637.
 
 Decoding unmasks tokens over T steps following a schedule gamma (cosine by default): after step t
-a fraction gamma((t + 1) / T) of the initially unknown tokens is still masked (`masked_count_table`).
+a fraction gamma((t + 1) / T) of the initially unknown tokens is still masked
+(`masked_count_table`).
 """
 import math
 
