@@ -6,7 +6,8 @@ r"""Base-model sampling speed on the local CPU: time per image, loop overhead, t
 
 Random parameters of configs/base.py's preset (--size, cpu-bench by default), random text states,
 classifier-free guidance on (one forward pass over the [cond; uncond] batch per step). Prints the
-median over --repeats runs after one compile-and-warm-up run of
+best of --repeats runs (robust to other processes on shared cores) after one compile-and-warm-up
+run of
   * sample: muse_jax.decoding.sample_base_tokens (text encoded once, then the while_loop);
   * encode: MaskedTransformer.encode_context alone (text projection + every layer's K/V);
   * forward: one guided step's logits from the cache (what the loop body calls);
@@ -17,7 +18,6 @@ median over --repeats runs after one compile-and-warm-up run of
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -32,14 +32,14 @@ from muse_jax import decoding
 from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
 
 
-def _median_time(fn, repeats):
+def _best_time(fn, repeats):
   jax.block_until_ready(fn())  # compile + warm up
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return min(times)
 
 
 def main():
@@ -100,10 +100,10 @@ def main():
       return (1 + g) * logits[:b] - g * logits[b:]
     return decoding.decode(logits_fn, tokens, rng, cfg, model_cfg.mask_id)
 
-  t_sample = _median_time(sample, args.repeats)
-  t_encode = _median_time(lambda: encode(params, txt, txt_mask), args.repeats)
-  t_forward = _median_time(lambda: forward(params, tokens, cache), args.repeats)
-  t_uncached = _median_time(lambda: uncached_sample(params, rng, txt, txt_mask), args.repeats)
+  t_sample = _best_time(sample, args.repeats)
+  t_encode = _best_time(lambda: encode(params, txt, txt_mask), args.repeats)
+  t_forward = _best_time(lambda: forward(params, tokens, cache), args.repeats)
+  t_uncached = _best_time(lambda: uncached_sample(params, rng, txt, txt_mask), args.repeats)
   overhead = (t_sample - t_encode) / (cfg.num_steps * t_forward) - 1
   print(f"sample    {t_sample * 1e3:9.1f} ms per batch, {t_sample / b * 1e3:9.1f} ms per image")
   print(f"encode    {t_encode * 1e3:9.1f} ms (once per decode)")

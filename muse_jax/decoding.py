@@ -7,7 +7,8 @@ tokens with the region to repaint set to mask_id); known tokens count as fixed a
 
 Step t (0-based) of T, for each row with m initially unknown tokens, u of them still masked:
   1. logits = logits_fn(tokens, g_t) (g_t: guidance scale of this step, see DecodeConfig);
-  2. every masked position samples a token from softmax(logits / temperature) (argmax if 0);
+  2. every masked position samples a token from softmax(logits / temperature) (argmax if 0), by
+     inverse CDF (`sample_categorical`);
   3. confidence = log-prob of the sampled token + choice_temperature * (1 - (t + 1) / T) * Gumbel
      noise (MaskGIT's annealed randomness; no noise at the last step);
   4. k = min(floor(m * gamma((t + 1) / T)), u - 1) positions stay masked (clipped at 0; gamma is
@@ -42,6 +43,7 @@ LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 GUIDANCE_SCHEDULES = ("linear", "constant")
 # Muse's step counts: 24 for the base model, 8 for super-resolution.
 DEFAULT_NUM_STEPS = {"base": 24, "superres": 8}
+SAMPLER_BLOCK = 128  # ids per block of the two-level inverse-CDF sampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,39 @@ class DecodeConfig:
     if self.guidance_schedule == "constant":
       return scale
     return scale * jnp.asarray(step, jnp.float32) / max(self.num_steps - 1, 1)
+
+
+def _inverse_cdf(weights_BxK, u_B):
+  """Index of the first entry whose cumulative weight exceeds u * total; never a zero-weight entry.
+  (When rounding leaves no entry above the target, u within an ulp of 1, the last positive one.)"""
+  k = weights_BxK.shape[-1]
+  cum_BxK = jnp.cumsum(weights_BxK, axis=-1)
+  above_BxK = cum_BxK > (u_B * cum_BxK[..., -1])[..., None]
+  last_positive_B = k - 1 - jnp.argmax(jnp.flip(weights_BxK > 0, axis=-1), axis=-1)
+  return jnp.where(above_BxK.any(-1), jnp.argmax(above_BxK, axis=-1), last_positive_B)
+
+
+def sample_categorical(rng, logits_BxNxV):
+  """One id per position from softmax(logits_BxNxV) -> ids_BxN int32.
+
+  Two-level inverse CDF: a block of SAMPLER_BLOCK ids from the blocks' total probabilities, then an
+  id inside it, each from one uniform. Exact in distribution like jax.random.categorical (Gumbel
+  max), but 2 random numbers per position instead of V: for V = 8192 on a CPU ~25x cheaper, which
+  is most of the decoding loop's cost beyond the forward passes. Float32 cumulative sums run over at
+  most max(V / SAMPLER_BLOCK, SAMPLER_BLOCK) terms.
+  """
+  v = logits_BxNxV.shape[-1]
+  num_blocks = -(-v // SAMPLER_BLOCK)
+  probs_BxNxV = jax.nn.softmax(logits_BxNxV.astype(jnp.float32), axis=-1)
+  pad = [(0, 0)] * (probs_BxNxV.ndim - 1) + [(0, num_blocks * SAMPLER_BLOCK - v)]
+  probs_BxNxKxC = jnp.pad(probs_BxNxV, pad).reshape(
+      probs_BxNxV.shape[:-1] + (num_blocks, SAMPLER_BLOCK))
+  block_rng, inner_rng = jax.random.split(rng)
+  lead = probs_BxNxV.shape[:-1]
+  block_BxN = _inverse_cdf(probs_BxNxKxC.sum(-1), jax.random.uniform(block_rng, lead))
+  inner_BxNxC = jnp.take_along_axis(probs_BxNxKxC, block_BxN[..., None, None], axis=-2)[..., 0, :]
+  inner_BxN = _inverse_cdf(inner_BxNxC, jax.random.uniform(inner_rng, lead))
+  return (block_BxN * SAMPLER_BLOCK + inner_BxN).astype(jnp.int32)
 
 
 @flax.struct.dataclass
@@ -137,7 +172,7 @@ def decode_step(state: DecodeState, logits_fn: LogitsFn, cfg: DecodeConfig,
   logits_BxNxV = logits_BxNxV[..., :mask_id].astype(jnp.float32)  # drop padded vocab entries
   if cfg.temperature > 0:
     logits_BxNxV = logits_BxNxV / cfg.temperature
-    sampled_BxN = jax.random.categorical(sample_rng, logits_BxNxV, axis=-1)
+    sampled_BxN = sample_categorical(sample_rng, logits_BxNxV)
   else:
     sampled_BxN = jnp.argmax(logits_BxNxV, axis=-1)
   logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)

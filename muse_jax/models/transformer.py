@@ -159,7 +159,8 @@ class MaskedTransformer(nn.Module):
   def encode_context(self, txt_BxTxC, txt_mask_BxT) -> TextCache:
     """txt_BxTxC, txt_mask_BxT -> TextCache (keys/values in the compute dtype)."""
     keys, values = self.blocks(None, self.text_proj(txt_BxTxC), context_kv_only=True)
-    return TextCache(txt_mask_BxT=txt_mask_BxT, keys_LxBxTxHxE=keys, values_LxBxTxHxE=values)
+    return TextCache(txt_mask_BxT=txt_mask_BxT.astype(bool), keys_LxBxTxHxE=keys,
+                     values_LxBxTxHxE=values)
 
   def logits_from_cache(self, tokens_BxN, cache: TextCache):
     """tokens_BxN and a TextCache of the same batch size -> logits_BxNxV, float32."""
