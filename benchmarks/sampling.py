@@ -1,8 +1,8 @@
-r"""Base-model sampling speed on the local CPU: time per image, loop overhead, text K/V caching gain.
+r"""Base-model sampling speed on the local CPU: time per image, loop overhead, text K/V caching.
 
   JAX_PLATFORMS=cpu python benchmarks/sampling.py                 # cpu-bench, 256 tokens x 24 steps
   JAX_PLATFORMS=cpu python benchmarks/sampling.py --batch_size=4 --repeats=5
-  JAX_PLATFORMS=cpu python benchmarks/sampling.py --quick         # tiny preset, seconds: a smoke run
+  JAX_PLATFORMS=cpu python benchmarks/sampling.py --quick         # tiny preset: a smoke run
 
 Random parameters of configs/base.py's preset (--size, cpu-bench by default), random text states,
 classifier-free guidance on (one forward pass over the [cond; uncond] batch per step). Prints the
