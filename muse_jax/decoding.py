@@ -141,6 +141,7 @@ class DecodeState:
 
 def init_state(init_tokens_BxN, rng, cfg: DecodeConfig, mask_id: int,
                record_history: bool = False) -> DecodeState:
+  """The state before step 0: init_tokens_BxN (ints, mask_id where unknown) and the decode's rng."""
   tokens_BxN = jnp.asarray(init_tokens_BxN)
   if tokens_BxN.ndim != 2 or not jnp.issubdtype(tokens_BxN.dtype, jnp.integer):
     raise ValueError(f"init tokens must be an integer array of shape (batch, num_tokens), got "
