@@ -40,6 +40,10 @@ options:
   --git-url=URL --git-ref=REF   setup: git clone URL and check out REF on every worker instead
                             of copying this checkout (tracked + untracked, non-ignored files)
   --remote-dir=DIR          code directory on the workers (default: muse_jax, in the home dir)
+  --python=BIN              setup: the interpreter for the workers' venv (default python3.11:
+                            jax 0.10 needs Python >= 3.11; installed with apt when missing)
+  --venv=DIR                venv on the workers (default ~/muse_venv); run.sh runs its python
+  --before="SHELL"          run: a command each worker runs first (e.g. a gcsfuse mount)
   --pip-extra="PKGS"        more pip packages to install (default: gcsfs and
                             google-cloud-storage, for gs:// workdirs); "" for none
   --env=KEY=VALUE           environment for run.sh on the workers (repeatable)
@@ -116,7 +120,7 @@ esac
 
 name="" zone="" accel="" runtime="" topology="" project="" config="" workdir=""
 skip_fit=0 queued=0 spot=0 detach=0 wait_timeout=86400 git_url="" git_ref=""
-remote_dir="muse_jax" log_dir="" pip_extra="gcsfs==2026.10.1 google-cloud-storage==3.17.1"
+remote_dir="muse_jax" log_dir="" python="python3.11" venv="~/muse_venv" before="" pip_extra="gcsfs==2026.10.1 google-cloud-storage==3.17.1"
 envs=() extra=()
 value() {  # value FLAG "$@": the flag's value from --flag=V or --flag V (sets `shifts`)
   local flag="$1"; shift
@@ -138,6 +142,9 @@ while (($#)); do
     --git-url|--git-url=*) value --git-url "$@"; git_url="$val" ;;
     --git-ref|--git-ref=*) value --git-ref "$@"; git_ref="$val" ;;
     --remote-dir|--remote-dir=*) value --remote-dir "$@"; remote_dir="$val" ;;
+    --python|--python=*) value --python "$@"; python="$val" ;;
+    --venv|--venv=*) value --venv "$@"; venv="$val" ;;
+    --before|--before=*) value --before "$@"; before="$val" ;;
     --pip-extra|--pip-extra=*) value --pip-extra "$@"; pip_extra="$val" ;;
     --env|--env=*) value --env "$@"
       [[ "$val" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env wants KEY=VALUE, got '$val'"
@@ -235,8 +242,13 @@ ${wait_timeout} s (still $state)" 1
 }
 
 setup() {
-  local install="cd $(quote "$remote_dir") && python3 -m pip install -U pip && python3 -m pip \
-install -e '.[tpu]'"
+  # The TPU images' system Python may be older than jax's minimum (3.11): a venv from $python,
+  # installed with apt when it (or its venv module) is missing.
+  local py pip install
+  py="$(quote "$python")" pip="$(quote "$venv")/bin/pip"
+  install="cd $(quote "$remote_dir") && { $py -c 'import venv, ensurepip' 2>/dev/null || \
+{ sudo apt-get update -q && sudo apt-get install -y $py $py-venv; }; } && $py -m venv \
+$(quote "$venv") && $pip install -U pip && $pip install -e '.[tpu]'"
   [[ -n "$pip_extra" ]] && install+=" $pip_extra"
   if [[ -n "$git_url" ]]; then
     on_all_workers "rm -rf $(quote "$remote_dir") && git clone $(quote "$git_url") \
@@ -258,8 +270,9 @@ muse_jax.tar.gz -C $(quote "$remote_dir") && $install"
 }
 
 run_stage() {
-  local line="cd $(quote "$remote_dir") &&"
-  local e
+  local line="" e
+  [[ -n "$before" ]] && line+="{ $before; } && "
+  line+="cd $(quote "$remote_dir") && MUSE_PYTHON=$(quote "$venv")/bin/python"
   for e in "${envs[@]}"; do line+=" $(quote "$e")"; done
   local args=(--config="$config" --workdir="$workdir")
   [[ -n "$log_dir" ]] && args+=(--log-dir="$log_dir")

@@ -83,7 +83,8 @@ def test_up_dry_run_prints_fit_create_copy_install_run_and_executes_nothing(sand
   assert "pip install -e '.[tpu]'" in install
   remote = shlex.split(launch)
   i = remote.index("launch/run.sh")
-  assert remote[i - 1] == "FOO=bar"
+  assert remote[i - 2:i] == ["MUSE_PYTHON=~/muse_venv/bin/python", "FOO=bar"]
+  assert "python3.11 -m venv ~/muse_venv" in install  # jax 0.10 needs Python >= 3.11
   assert remote[i + 1:] == ["--config=configs/base.py:size=3b", "--workdir=gs://BUCKET/muse/base",
                             "--", "--config.optim.lr=3e-4", "--config.data.path=/gcs/B/enc/train-*"]
   assert not calls.exists(), calls.read_text()
@@ -148,8 +149,10 @@ def test_setup_from_git_ref_run_detach_exec_status_delete(sandbox):
   (ssh,) = find(setup, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "muse-base")
   assert "--worker=all" in ssh and "git clone https://example.com/muse_jax.git" in ssh[-1]
   assert "checkout v0.1" in ssh[-1] and not [c for c in setup if "scp" in c]
-  run = commands(sh(TPU_VM, "run", *POD, *BASE_3B, "--detach", "--dry-run", env=env).stdout)
+  run = commands(sh(TPU_VM, "run", *POD, *BASE_3B, "--detach", "--before=mount-it /gcs",
+                    "--dry-run", env=env).stdout)
   assert len(run) == 1 and "--worker=all" in run[0]
+  assert run[0][-1].startswith("--command={ mount-it /gcs; } && cd muse_jax && ")
   assert "setsid nohup launch/run.sh --config=configs/base.py:size=3b" in run[0][-1]
   ex = commands(sh(TPU_VM, "exec", *POD, "--dry-run", "--", "ls /gcs && df -h", env=env).stdout)
   assert ex == [["gcloud", "compute", "tpus", "tpu-vm", "ssh", "muse-base",
