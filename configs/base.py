@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "weight_decay": 0.045, "warmup_steps": 5000, "decay": "cosine", "end_lr_frac": 0.0,
       "grad_clip_norm": 1.0,
   })
+  config.text_encoder = common.text_encoder(p["text_dim"], p["text_length"])
   config.data = ml_collections.ConfigDict({
       # "preencoded": shards from muse-encode at `path` (a glob); "synthetic": a stand-in.
       "source": "synthetic", "path": "", "num_examples": 4096, "seed": 0,

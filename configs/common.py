@@ -38,3 +38,12 @@ def train_common(config: ml_collections.ConfigDict, *, batch_size: int, num_step
       "every": ckpt_every, "keep": keep, "async_save": True})
   config.mesh = mesh()
   config.axis_rules = axes.DEFAULT_RULES
+
+
+def text_encoder(text_dim: int, max_length: int) -> ml_collections.ConfigDict:
+  """config.text_encoder: which frozen encoder made (pre-encoded data) and makes (sampling) the
+  text states. 384-d states are the bundled MiniLM ("bert", path ""); anything else is a T5
+  snapshot the user points `path` at (4096-d: T5-XXL / FLAN-T5-XXL)."""
+  kind = "bert" if text_dim == 384 else "t5"
+  return ml_collections.ConfigDict({"kind": kind, "path": "", "max_length": max_length,
+                                    "dtype": "float32" if kind == "bert" else "bfloat16"})

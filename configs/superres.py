@@ -4,7 +4,8 @@ Locally (CPU, seconds):
   python -m muse_jax.main --config=configs/superres.py:size=tiny --workdir=/tmp/muse_superres
 On a pod (see launch/README.md), from shards holding both tokenizations ("tokens", "tokens_hi"):
   launch/run.sh --config=configs/superres.py:size=268m --config.data.source=preencoded \
-      --config.data.path='gs://BUCKET/encoded/*.array_record' --workdir=gs://BUCKET/muse/superres
+      --config.data.path='/gcs/BUCKET/muse/enc/train-*' --workdir=gs://BUCKET/muse/superres
+(shards are read through a gcsfuse mount of the bucket; see launch/README.md)
 
 Presets (parameter counts from `jax.eval_shape` of init, tests/test_superres.py checks them):
   tiny   4x4 -> 8x8 tokens, 64 codes each, 1 + 2 layers, hidden 32; for tests.
@@ -58,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "weight_decay": 0.045, "warmup_steps": 5000, "decay": "cosine", "end_lr_frac": 0.0,
       "grad_clip_norm": 1.0,
   })
+  config.text_encoder = common.text_encoder(p["text_dim"], p["text_length"])
   config.data = ml_collections.ConfigDict({
       # "preencoded": shards from muse-encode with "tokens_hi" at `path` (a glob);
       # "synthetic": a stand-in (muse_jax/data/synthetic_pairs.py).

@@ -8,6 +8,9 @@ On a pod (see launch/README.md):
 Presets:
   tiny     f16 at 32px (2x2 tokens), 8 base channels, 1 residual block per level, 64 codes;
            compiles in seconds, for tests.
+  demo     f16 at 64px (4x4 tokens; fully convolutional, so 128px images give 8x8), 16 base
+           channels, 1 residual block per level, 256 l2-normalised codes; the CPU demo's
+           tokenizer (minutes on 2 cores; README gives its PSNR and codebook usage).
   f16-256  the base model's tokenizer: 256px -> 16x16 tokens, 8192 codes, base channels 128,
            multipliers (1, 1, 2, 2, 4), 2 residual blocks per level (paper).
   f8-512   the super-res tokenizer: 512px -> 64x64 tokens, 8192 codes, multipliers (1, 1, 2, 4).
@@ -21,6 +24,9 @@ from configs import common
 PRESETS = {
     "tiny": dict(resolution=32, base_channels=8, channel_mult=(1, 1, 2, 2, 2), latent_dim=16,
                  codebook_size=64, norm_groups=4, disc_channels=(8, 16), batch=8, res_blocks=1),
+    "demo": dict(resolution=64, base_channels=16, channel_mult=(1, 1, 2, 2, 4), latent_dim=32,
+                 codebook_size=256, norm_groups=8, disc_channels=(16, 32, 64), batch=16,
+                 res_blocks=1),
     "f16-256": dict(resolution=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4),
                     latent_dim=256, codebook_size=8192, norm_groups=32,
                     disc_channels=(64, 128, 256, 256, 256), batch=256, res_blocks=2),
@@ -72,8 +78,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.train_common(config, batch_size=p["batch"], num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr = config.disc_optim.lr = 1e-3
     config.optim.warmup_steps = config.disc_optim.warmup_steps = 5
+  elif args.size == "demo":
+    common.train_common(config, batch_size=p["batch"], num_steps=1200, log_every=50,
+                        ckpt_every=400)
+    config.model.dtype = "float32"
+    config.model.l2_normalize_codes = True
+    config.optim.lr = config.disc_optim.lr = 1e-3
+    config.optim.warmup_steps = config.disc_optim.warmup_steps = 100
+    config.loss.adv_start_step = 800
+    config.loss.ema_decay = 0.99
   else:
     common.train_common(config, batch_size=p["batch"], num_steps=1_000_000, log_every=100,
                         ckpt_every=5000)
-  config.train.eval_every = 10 if tiny else 5000
+  config.train.eval_every = {"tiny": 10, "demo": 200}.get(args.size, 5000)
   return config

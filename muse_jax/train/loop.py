@@ -81,10 +81,12 @@ class Setup:
                      out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
     abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
     abstract_batch = ckpt_lib.abstract_with_shardings(self.batch_abstract, self.batch_shardings)
+    # The key dtype, taken outside the mesh context: under a compile-only (muse-fit) mesh,
+    # creating a key would try to run on devices that cannot execute.
+    key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
+                               sharding=self.replicated)
     with self.context():
-      return jitted.lower(abstract_state, abstract_batch,
-                          jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
-                                               sharding=self.replicated))
+      return jitted.lower(abstract_state, abstract_batch, key)
 
 
 def memory_report(compiled) -> str:
