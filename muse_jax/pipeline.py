@@ -1,0 +1,406 @@
+"""Text -> images: text encoder -> base decode -> (optional) super-res decode -> VQ decoder.
+
+  pipe = Pipeline.from_paths(PipelinePaths(base="/ckpt/base", tokenizer="/ckpt/vq_f16",
+                                           superres="/ckpt/superres", tokenizer_hi="/ckpt/vq_f8"))
+  out = pipe.generate(["a red cube left of a blue ball"], SampleConfig(num_images=4, seed=0))
+  out.images_BxHxWx3   # numpy float32 in [0, 1], prompt-major (prompt p, image k at p * 4 + k)
+
+Every checkpoint and tokenizer is checked against the others when the pipeline is built (stage
+names, text width, codebooks, token grids), so a mismatched set fails at once with a message
+naming both sides. Sampling is one jitted function (base decode, super-res decode and the VQ
+decoder inside it) over a mesh of all devices with the batch split over them; params are
+replicated (explicit jit arguments, never closed over) and the images are gathered to the host
+(`process_allgather` with several processes; each process passes the same prompts).
+
+Editing (muse_jax/editing.py) calls the same jitted function with partly known initial tokens.
+The same (prompts, settings, seed) gives the same images; rows are decoded together, so the batch's
+composition (number of prompts, num_images, device count) is part of what the seed determines.
+"""
+import dataclasses
+import math
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from muse_jax import checkpoint, decoding
+from muse_jax.cli import encode as encode_cli
+from muse_jax.models import text_encoder as text_encoder_lib
+from muse_jax.models.superres import SuperResConfig, SuperResTransformer
+from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
+from muse_jax.parallel import axes, mesh as mesh_lib
+
+
+class PipelineError(ValueError):
+  """A checkpoint, tokenizer or request that does not fit the pipeline (a user mistake)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelinePaths:
+  """Where the parts are. base / superres: training workdirs (or their checkpoints/STEP folders).
+  tokenizer: muse-convert folder or vqgan workdir for the base tokens; tokenizer_hi: the same for
+  the super-res tokens (needed with superres)."""
+  base: str
+  tokenizer: str
+  superres: Optional[str] = None
+  tokenizer_hi: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """How to sample. base / superres: decoding settings of each stage (guidance_scale > 0 turns on
+  classifier-free guidance; Muse raises it linearly over the steps: guidance_schedule "linear")."""
+  num_images: int = 1
+  seed: int = 0
+  base: decoding.DecodeConfig = decoding.DecodeConfig(
+      num_steps=decoding.DEFAULT_NUM_STEPS["base"], guidance_scale=4.0)
+  superres: decoding.DecodeConfig = decoding.DecodeConfig(
+      num_steps=decoding.DEFAULT_NUM_STEPS["superres"], guidance_scale=4.0)
+
+  def __post_init__(self):
+    if not isinstance(self.num_images, (int, np.integer)) or self.num_images < 1:
+      raise PipelineError(f"num_images must be a positive integer, got {self.num_images!r}")
+    if not isinstance(self.seed, (int, np.integer)):
+      raise PipelineError(f"seed must be an integer, got {self.seed!r}")
+
+
+@dataclasses.dataclass
+class Samples:
+  """Host-side results, one row per image (prompt-major). tokens_hi_BxM is None without
+  super-res; images are at the super-res tokenizer's resolution when there is one."""
+  images_BxHxWx3: np.ndarray
+  tokens_lo_BxN: np.ndarray
+  tokens_hi_BxM: Optional[np.ndarray]
+  prompts: list
+
+
+def _stage_config(path: str, stage: str, role: str) -> dict:
+  try:
+    config = checkpoint.load_config(path)
+  except (checkpoint.CheckpointError, OSError, ValueError) as e:
+    raise PipelineError(f"{role} checkpoint {path} cannot be read: {e}") from e
+  got = config.get("stage")
+  if got != stage:
+    raise PipelineError(f"{role} checkpoint {path} is of stage {got!r}; expected a {stage!r} "
+                        f"checkpoint (train it with configs/{stage}.py)")
+  return config
+
+
+def _pad_text(txt_BxTxC, txt_mask_BxT, length):
+  pad = length - txt_BxTxC.shape[1]
+  return (jnp.pad(txt_BxTxC, ((0, 0), (0, pad), (0, 0))),
+          jnp.pad(txt_mask_BxT.astype(bool), ((0, 0), (0, pad))))
+
+
+def superres_logits_fn(model: SuperResTransformer, params, tokens_lo_BxN, txt_BxTxC,
+                       txt_mask_BxT, negative_txt_BxTxC=None, negative_txt_mask_BxT=None, *,
+                       guidance: bool = True) -> decoding.LogitsFn:
+  """A decoding.LogitsFn for the super-res model: the context (low-res stream + projected text) is
+  encoded once; with guidance one pass over [tokens; tokens] against [text; negative text or no
+  text] (both halves keep the low-res tokens) gives (1 + g) l_cond - g l_uncond."""
+  codebook = model.cfg.codebook_size
+  b = tokens_lo_BxN.shape[0]
+  if not guidance:
+    ctx = model.apply({"params": params}, tokens_lo_BxN, txt_BxTxC, txt_mask_BxT,
+                      method="encode_context")
+
+    def logits_fn(tokens_BxM, guidance_scale):
+      del guidance_scale
+      return model.apply({"params": params}, tokens_BxM, *ctx,
+                         method="logits_from_context")[..., :codebook]
+    return logits_fn
+
+  if negative_txt_BxTxC is None:
+    neg_txt, neg_mask = jnp.zeros_like(txt_BxTxC), jnp.zeros(txt_mask_BxT.shape, bool)
+  else:
+    neg_txt, neg_mask = negative_txt_BxTxC, negative_txt_mask_BxT
+  length = max(txt_BxTxC.shape[1], neg_txt.shape[1])
+  txt, mask = _pad_text(txt_BxTxC, txt_mask_BxT, length)
+  neg_txt, neg_mask = _pad_text(neg_txt.astype(txt.dtype), neg_mask, length)
+  ctx = model.apply({"params": params}, jnp.concatenate([tokens_lo_BxN, tokens_lo_BxN]),
+                    jnp.concatenate([txt, neg_txt]), jnp.concatenate([mask, neg_mask]),
+                    method="encode_context")
+
+  def guided_logits_fn(tokens_BxM, guidance_scale):
+    logits_2BxMxV = model.apply({"params": params}, jnp.concatenate([tokens_BxM, tokens_BxM]),
+                                *ctx, method="logits_from_context")[..., :codebook]
+    cond, uncond = logits_2BxMxV[:b], logits_2BxMxV[b:]
+    return (1.0 + guidance_scale) * cond - guidance_scale * uncond
+  return guided_logits_fn
+
+
+class Pipeline:
+  """Loaded, checked parts and the jitted samplers. Build with `Pipeline.from_paths`."""
+
+  def __init__(self, paths: PipelinePaths, devices=None):
+    if (paths.superres is None) != (paths.tokenizer_hi is None):
+      raise PipelineError("super-resolution needs both a super-res checkpoint and the high-res "
+                          "tokenizer (--superres with --tokenizer-hi); got only one")
+    self.paths = paths
+    devices = jax.devices() if devices is None else list(devices)
+    self.mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
+    self.rules = axes.DEFAULT_RULES
+    self.num_shards = mesh_lib.batch_axis_size(self.mesh, self.rules)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = mesh_lib.logical_sharding(self.mesh, self.rules, (axes.BATCH,))
+
+    base_config = _stage_config(paths.base, "base", "base")
+    self.base_cfg = TransformerConfig(**base_config["model"])
+    self.text_cfg = text_encoder_lib.TextEncoderConfig.from_config(base_config["text_encoder"])
+    self.tokenizer = self._load_tokenizer(paths.tokenizer, "--tokenizer")
+    self._check(self.tokenizer.cfg.codebook_size == self.base_cfg.codebook_size,
+                f"tokenizer {paths.tokenizer} has {self.tokenizer.cfg.codebook_size} codes but "
+                f"base checkpoint {paths.base} was trained on {self.base_cfg.codebook_size}")
+    self.sr_cfg = self.tokenizer_hi = None
+    if paths.superres is not None:
+      sr_config = _stage_config(paths.superres, "superres", "super-res")
+      self.sr_cfg = SuperResConfig(**sr_config["model"])
+      c, b = self.sr_cfg, self.base_cfg
+      self._check(c.lo_grid_size == b.grid_size and c.lo_codebook_size == b.codebook_size,
+                  f"super-res checkpoint {paths.superres} reads a {c.lo_grid_size}x"
+                  f"{c.lo_grid_size} grid of {c.lo_codebook_size} codes but base checkpoint "
+                  f"{paths.base} makes {b.grid_size}x{b.grid_size} of {b.codebook_size}")
+      self._check(c.text_dim == b.text_dim,
+                  f"super-res checkpoint {paths.superres} takes text states of width "
+                  f"{c.text_dim} but the base checkpoint's are {b.text_dim}")
+      sr_text = dict(sr_config.get("text_encoder") or {})
+      for field in ("kind", "path"):
+        self._check(sr_text.get(field, getattr(self.text_cfg, field)) ==
+                    getattr(self.text_cfg, field),
+                    f"super-res checkpoint {paths.superres} was trained with text_encoder."
+                    f"{field}={sr_text.get(field)!r} but the base with "
+                    f"{getattr(self.text_cfg, field)!r}; both stages need the same encoder")
+      self.tokenizer_hi = self._load_tokenizer(paths.tokenizer_hi, "--tokenizer-hi")
+      self._check(self.tokenizer_hi.cfg.codebook_size == c.codebook_size,
+                  f"high-res tokenizer {paths.tokenizer_hi} has "
+                  f"{self.tokenizer_hi.cfg.codebook_size} codes but super-res checkpoint "
+                  f"{paths.superres} predicts {c.codebook_size}")
+    try:
+      self.text_encoder = text_encoder_lib.load(self.text_cfg, mesh=self.mesh)
+    except (ValueError, OSError, ImportError) as e:
+      raise PipelineError(f"the text encoder of base checkpoint {paths.base} "
+                          f"({self.text_cfg}) cannot be loaded: {e}") from e
+    self._check(self.text_encoder.width == self.base_cfg.text_dim,
+                f"text encoder {self.text_cfg.kind!r} makes states of width "
+                f"{self.text_encoder.width} but base checkpoint {paths.base} has "
+                f"model.text_dim={self.base_cfg.text_dim}")
+
+    put = lambda tree: jax.device_put(jax.tree.map(np.asarray, tree), self.replicated)
+    self.base_params = put(checkpoint.load_params(paths.base))
+    self.sr_params = put(checkpoint.load_params(paths.superres)) if paths.superres else None
+    self._samplers = {}
+
+  @staticmethod
+  def _check(ok: bool, message: str):
+    if not ok:
+      raise PipelineError(message)
+
+  def _load_tokenizer(self, path: str, flag: str):
+    try:
+      return encode_cli.Tokenizer(path, self.mesh)
+    except (encode_cli.UsageError, checkpoint.CheckpointError, OSError, ValueError) as e:
+      raise PipelineError(f"{flag} {path}: {e}") from e
+
+  @classmethod
+  def from_paths(cls, paths: PipelinePaths, devices=None) -> "Pipeline":
+    return cls(paths, devices)
+
+  # Shapes -------------------------------------------------------------------------------------
+  @property
+  def has_superres(self) -> bool:
+    return self.sr_cfg is not None
+
+  @property
+  def lo_resolution(self) -> int:
+    """Image side the base tokens describe (base grid x base tokenizer factor)."""
+    return self.base_cfg.grid_size * self.tokenizer.cfg.factor
+
+  @property
+  def resolution(self) -> int:
+    """Side of the output images."""
+    if self.has_superres:
+      return self.sr_cfg.hi_grid_size * self.tokenizer_hi.cfg.factor
+    return self.lo_resolution
+
+  @property
+  def output_tokenizer(self):
+    return self.tokenizer_hi if self.has_superres else self.tokenizer
+
+  @property
+  def output_grid(self) -> int:
+    return self.sr_cfg.hi_grid_size if self.has_superres else self.base_cfg.grid_size
+
+  # Text ---------------------------------------------------------------------------------------
+  def encode_text(self, prompts: Sequence[str], role: str = "prompt"):
+    """prompts -> (states_BxTxC, mask_BxT) on the devices."""
+    if isinstance(prompts, str):
+      raise PipelineError(f"pass a list of {role}s, not a single string")
+    for p in prompts:
+      if not isinstance(p, str) or not p.strip():
+        raise PipelineError(f"empty {role}: every {role} must contain some text, got {p!r}")
+    states, mask = self.text_encoder.encode(list(prompts))
+    return states, self.place(mask)
+
+  def padded_batch(self, b: int) -> int:
+    return -(-b // self.num_shards) * self.num_shards
+
+  def place(self, x_BxK):
+    """Host array (the same on every process) -> a global array with rows split over devices."""
+    x = np.asarray(x_BxK)
+    sharding = NamedSharding(self.mesh, P(self.batch_sharding.spec[0], *([None] * (x.ndim - 1))))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  @staticmethod
+  def to_host(x):
+    """A global array -> numpy on every process."""
+    if jax.process_count() > 1:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  # Sampling -----------------------------------------------------------------------------------
+  def jitted(self, key, build):
+    """The jitted function cached under `key`, built by build() on first use."""
+    if key not in self._samplers:
+      self._samplers[key] = build()
+    return self._samplers[key]
+
+  def vq_decode(self, vq_params, tokens_BxK):
+    """Traceable: output-tokenizer ids (flat grid) -> images in [0, 1], float32."""
+    tok = self.output_tokenizer
+    lo, hi = tok.cfg.pixel_range
+    g = self.output_grid
+    img = tok.model.apply({"params": vq_params}, tokens_BxK.reshape(-1, g, g),
+                          method=tok.model.decode)
+    return jnp.clip((img.astype(jnp.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+  def shard_jit(self, fn):
+    """jax.jit of fn(base_params, sr_params, vq_params, rng, txt, txt_mask, neg_txt, neg_mask,
+    tokens_lo, tokens_hi) -> (images, tokens_lo, tokens_hi): params and rng replicated, every
+    batch argument and output split over the devices."""
+    rep, bat = self.replicated, self.batch_sharding
+    return jax.jit(fn, in_shardings=(rep, rep, rep, rep, bat, bat, bat, bat, bat, bat),
+                   out_shardings=(bat, bat, bat))
+
+  def _sampler(self, base_dc: decoding.DecodeConfig, sr_dc: Optional[decoding.DecodeConfig],
+               negative: bool):
+    """The jitted sampler: base decode, super-res decode, VQ decode."""
+    base_model = MaskedTransformer(self.base_cfg)
+    sr_model = SuperResTransformer(self.sr_cfg) if self.has_superres else None
+
+    def sample(base_params, sr_params, vq_params, rng, txt, txt_mask, neg_txt, neg_mask,
+               init_lo_BxN, init_hi_BxM):
+      base_rng, sr_rng = jax.random.split(rng)
+      neg = (neg_txt, neg_mask) if negative else (None, None)
+      fn = decoding.transformer_logits_fn(base_model, base_params, txt, txt_mask, *neg,
+                                          guidance=base_dc.guidance_scale > 0)
+      tokens_lo = decoding.decode(fn, init_lo_BxN, base_rng, base_dc, self.base_cfg.mask_id)
+      tokens_hi = None
+      if sr_model is not None:
+        fn = superres_logits_fn(sr_model, sr_params, tokens_lo, txt, txt_mask, *neg,
+                                guidance=sr_dc.guidance_scale > 0)
+        tokens_hi = decoding.decode(fn, init_hi_BxM, sr_rng, sr_dc, self.sr_cfg.mask_id)
+      img = self.vq_decode(vq_params, tokens_lo if tokens_hi is None else tokens_hi)
+      return img, tokens_lo, tokens_hi
+
+    return self.jitted(("sample", base_dc, sr_dc, negative), lambda: self.shard_jit(sample))
+
+  def check_negative(self, guidance_scale: float, negative: bool, stage: str):
+    if negative and guidance_scale <= 0:
+      raise PipelineError(f"a negative prompt replaces the unconditional branch of classifier-"
+                          f"free guidance; the {stage} guidance scale must be > 0, got "
+                          f"{guidance_scale}")
+
+  def prepare_text(self, prompts: Sequence[str], num_images: int,
+                   negative_prompts: Optional[Sequence[str]] = None) -> dict:
+    """Rows (prompt-major, each prompt num_images times), padded to a multiple of the devices,
+    and their text states: {"rows", "b" (real rows), "bp" (padded), "txt", "txt_mask", "neg_txt",
+    "neg_mask" (the prompt's own states, unused, when there is no negative prompt)}."""
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+      raise PipelineError("no prompts given; pass at least one")
+    rows = [p for p in prompts for _ in range(num_images)]
+    b = len(rows)
+    bp = self.padded_batch(b)
+    txt, txt_mask = self.encode_text(rows + [rows[-1]] * (bp - b))
+    out = dict(rows=rows, b=b, bp=bp, txt=txt, txt_mask=txt_mask, neg_txt=txt, neg_mask=txt_mask)
+    if negative_prompts is not None:
+      negative_prompts = [negative_prompts] if isinstance(negative_prompts, str) else list(
+          negative_prompts)
+      if len(negative_prompts) == 1:
+        negative_prompts = negative_prompts * len(prompts)
+      if len(negative_prompts) != len(prompts):
+        raise PipelineError(f"{len(negative_prompts)} negative prompts for {len(prompts)} "
+                            f"prompts; give one, or one per prompt")
+      neg_rows = [p for p in negative_prompts for _ in range(num_images)]
+      out["neg_txt"], out["neg_mask"] = self.encode_text(
+          neg_rows + [neg_rows[-1]] * (bp - b), "negative prompt")
+    return out
+
+  def execute(self, fn, seed: int, text: dict, init_lo_BxN=None, init_hi_BxM=None) -> Samples:
+    """Runs a shard_jit function on prepared text and initial tokens (None: all masked)."""
+    b, bp = text["b"], text["bp"]
+    init_lo = self._init_tokens(init_lo_BxN, b, bp, self.base_cfg.seq_len, self.base_cfg.mask_id)
+    init_hi = None
+    if self.has_superres:
+      init_hi = self._init_tokens(init_hi_BxM, b, bp, self.sr_cfg.hi_seq_len, self.sr_cfg.mask_id)
+    elif init_hi_BxM is not None:
+      raise PipelineError("high-res initial tokens need a super-res checkpoint")
+    rng = jax.device_put(jax.random.key(seed), self.replicated)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      img, tokens_lo, tokens_hi = fn(
+          self.base_params, self.sr_params, self.output_tokenizer.params, rng, text["txt"],
+          text["txt_mask"], text["neg_txt"], text["neg_mask"], self.place(init_lo),
+          None if init_hi is None else self.place(init_hi))
+    return Samples(images_BxHxWx3=self.to_host(img)[:b], tokens_lo_BxN=self.to_host(tokens_lo)[:b],
+                   tokens_hi_BxM=None if tokens_hi is None else self.to_host(tokens_hi)[:b],
+                   prompts=text["rows"])
+
+  def run(self, prompts: Sequence[str], cfg: SampleConfig,
+          negative_prompts: Optional[Sequence[str]] = None, init_lo_BxN=None,
+          init_hi_BxM=None) -> Samples:
+    """One row per (prompt, image): prompts are repeated cfg.num_images times (prompt-major).
+    init_lo_BxN / init_hi_BxM: per-row initial tokens (mask_id where to generate) for editing;
+    None: all masked."""
+    negative = negative_prompts is not None
+    self.check_negative(cfg.base.guidance_scale, negative, "base")
+    if self.has_superres:
+      self.check_negative(cfg.superres.guidance_scale, negative, "super-res")
+    text = self.prepare_text(prompts, cfg.num_images, negative_prompts)
+    sampler = self._sampler(cfg.base, cfg.superres if self.has_superres else None, negative)
+    return self.execute(sampler, cfg.seed, text, init_lo_BxN, init_hi_BxM)
+
+  @staticmethod
+  def _init_tokens(init, b, bp, n, mask_id):
+    if init is None:
+      return np.full((bp, n), mask_id, np.int32)
+    init = np.asarray(init, np.int32)
+    if init.shape != (b, n):
+      raise PipelineError(f"initial tokens have shape {init.shape}; expected ({b}, {n}) (one "
+                          f"row per image, the model's token grid)")
+    if init.min() < 0 or init.max() > mask_id:
+      raise PipelineError(f"initial tokens must be ids in [0, {mask_id}] ({mask_id} = [MASK])")
+    return np.concatenate([init, np.repeat(init[-1:], bp - b, 0)])
+
+  def generate(self, prompts: Sequence[str], cfg: SampleConfig = SampleConfig(),
+               negative_prompts: Optional[Sequence[str]] = None) -> Samples:
+    """Text -> images (Samples.images_BxHxWx3 in [0, 1], B = len(prompts) * cfg.num_images)."""
+    return self.run(prompts, cfg, negative_prompts)
+
+
+def image_grid(images_BxHxWx3, cols: Optional[int] = None) -> np.ndarray:
+  """Images in [0, 1] -> one uint8 grid (rows of `cols`, default ceil(sqrt(B)), black padding)."""
+  u8 = (np.clip(np.asarray(images_BxHxWx3), 0, 1) * 255).round().astype(np.uint8)
+  b, h, w, c = u8.shape
+  cols = cols or math.ceil(math.sqrt(b))
+  rows = -(-b // cols)
+  grid = np.zeros((rows * h, cols * w, c), np.uint8)
+  for i, im in enumerate(u8):
+    r, k = divmod(i, cols)
+    grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = im
+  return grid
