@@ -7,6 +7,8 @@ On a pod (see launch/README.md):
 
 Presets (parameter counts from `jax.eval_shape` of init, tests/test_configs.py checks them):
   tiny       2 layers, hidden 32, 8x8 tokens, 64 codes; for tests.
+  demo       4 layers, hidden 256, 4x4 tokens of the demo tokenizer (configs/vqgan.py:size=demo,
+             256 codes), MiniLM text states (384-d); muse-demo trains it from pre-encoded scenes.
   cpu-bench  8 layers, hidden 512, MLP 2048, 8 heads, 16x16 tokens, 8192 codes: 42.6M params.
   632m       36 layers, hidden 1024, MLP 4096, 16 heads: 627M params. The paper gives only the
              total (632M); with the 3B model's ratios (MLP = 4 x hidden, head dim 64) and hidden
@@ -25,6 +27,8 @@ from configs import common
 PRESETS = {
     "tiny": dict(codebook_size=64, grid_size=8, text_dim=16, hidden_size=32, num_layers=2,
                  num_heads=2, mlp_dim=64, text_length=8),
+    "demo": dict(codebook_size=256, grid_size=4, text_dim=384, hidden_size=256, num_layers=4,
+                 num_heads=4, mlp_dim=1024, text_length=24),
     "cpu-bench": dict(codebook_size=8192, grid_size=16, text_dim=384, hidden_size=512,
                       num_layers=8, num_heads=8, mlp_dim=2048, text_length=32),
     "632m": dict(codebook_size=8192, grid_size=16, text_dim=4096, hidden_size=1024,
@@ -64,6 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.size == "tiny":
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
+  elif args.size == "demo":
+    common.train_common(config, batch_size=64, num_steps=2000, log_every=50, ckpt_every=500)
+    config.optim.name, config.optim.lr, config.optim.warmup_steps = "adamw", 1e-3, 100
+    config.optim.weight_decay = 0.01
   elif args.size == "cpu-bench":
     common.train_common(config, batch_size=16, num_steps=200, log_every=10, ckpt_every=100)
     config.optim.warmup_steps = 20

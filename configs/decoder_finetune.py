@@ -16,7 +16,12 @@ from configs import vqgan
 def get_config(arg: str | None = None):
   config = vqgan.get_config(arg)
   config.stage = "decoder_finetune"
-  tiny = config.size == "tiny"
-  config.model.decoder_res_blocks = 3 if tiny else 4
-  config.model.decoder_base_channels = 2 * config.model.base_channels if tiny else 256
+  if config.size in ("tiny", "demo"):   # twice the blocks and channels of the trained decoder
+    config.model.decoder_res_blocks = 2 * config.model.num_res_blocks
+    config.model.decoder_base_channels = 2 * config.model.base_channels
+  else:                                  # paper: 4 blocks per level, base channels 256
+    config.model.decoder_res_blocks = 4
+    config.model.decoder_base_channels = 256
+  if config.size == "demo":
+    config.train.num_steps = 600    # adversarial loss starts at 800 in the demo preset: off here
   return config

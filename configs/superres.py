@@ -9,6 +9,8 @@ On a pod (see launch/README.md), from shards holding both tokenizations ("tokens
 
 Presets (parameter counts from `jax.eval_shape` of init, tests/test_superres.py checks them):
   tiny   4x4 -> 8x8 tokens, 64 codes each, 1 + 2 layers, hidden 32; for tests.
+  demo   4x4 -> 8x8 tokens of the demo tokenizer (one f16 tokenizer at 64 and 128 px), 256
+         codes, 2 + 4 layers, hidden 256, MiniLM text states; trained by muse-demo.
   268m   Table 6: 16 low-res self-attention layers, 32 high-res layers (self-attn, cross-attn to
          [low-res outputs; projected text], MLP), 16x16 -> 64x64 tokens, 8192 codes each, T5-XXL
          text states (4096): 251M params (-6.3%). Table 6 also lists hidden 1024 / MLP 4096, but
@@ -32,6 +34,9 @@ PRESETS = {
     "tiny": dict(codebook_size=64, lo_codebook_size=64, lo_grid_size=4, hi_grid_size=8,
                  text_dim=16, hidden_size=32, lo_num_layers=1, hi_num_layers=2, num_heads=2,
                  mlp_dim=64, text_length=8),
+    "demo": dict(codebook_size=256, lo_codebook_size=256, lo_grid_size=4, hi_grid_size=8,
+                 text_dim=384, hidden_size=256, lo_num_layers=2, hi_num_layers=4, num_heads=4,
+                 mlp_dim=1024, text_length=24),
     "268m": dict(codebook_size=8192, lo_codebook_size=8192, lo_grid_size=16, hi_grid_size=64,
                  text_dim=4096, hidden_size=576, lo_num_layers=16, hi_num_layers=32, num_heads=8,
                  mlp_dim=2304, text_length=128),
@@ -69,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.size == "tiny":
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
+  elif args.size == "demo":
+    common.train_common(config, batch_size=32, num_steps=1500, log_every=50, ckpt_every=500)
+    config.optim.name, config.optim.lr, config.optim.warmup_steps = "adamw", 1e-3, 100
+    config.optim.weight_decay = 0.01
   else:
     common.train_common(config, batch_size=512, num_steps=1_000_000, log_every=100,
                         ckpt_every=5000)

@@ -83,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         ckpt_every=400)
     config.model.dtype = "float32"
     config.model.l2_normalize_codes = True
+    config.model.entropy_loss_weight = 0.1     # without it the codebook collapses to ~2% use
     config.optim.lr = config.disc_optim.lr = 1e-3
     config.optim.warmup_steps = config.disc_optim.warmup_steps = 100
     config.loss.adv_start_step = 800
