@@ -1,0 +1,131 @@
+"""Prompt alignment from pixels on the scene data set: right on rendered ground truth (clean, noisy,
+blurred), wrong on images of other prompts, per-attribute results and clear errors."""
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from muse_jax.data import scenes
+from muse_jax.metrics import alignment
+
+N = 120
+
+
+def _records(resolution, split, seed=5):
+  source = scenes.SceneSource(N, resolution, seed=seed, split=split)
+  return [source[i] for i in range(N)]
+
+
+@pytest.mark.parametrize("resolution,split", [(64, "eval"), (128, "eval_seen"), (128, "train")])
+def test_ground_truth_scenes_score_all_attributes(resolution, split):
+  recs = _records(resolution, split)
+  result = alignment.alignment([r["image"] for r in recs], [r["caption"] for r in recs])
+  assert result["num_images"] == N
+  assert result["all"] >= 0.98, result
+  for key in ("colour", "shape", "position", "size", "count"):
+    assert result[key] >= 0.98, (key, result)
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_detections_match_the_rendered_attributes(resolution):
+  for r in _records(resolution, "eval")[:40]:
+    found = alignment.detect(r["image"])
+    want = sorted((o["colour"], o["shape"], o["position"], o["size"])
+                  for o in r["attributes"]["objects"])
+    assert sorted((o["colour"], o["shape"], o["position"], o["size"]) for o in found) == want
+    for o in found:         # boxes within a pixel or two of the renderer's
+      truth = next(t for t in r["attributes"]["objects"] if t["position"] == o["position"])
+      np.testing.assert_allclose(o["bbox"], scenes.box_of(truth["center"], truth["size"],
+                                                          resolution), atol=2)
+
+
+def test_images_of_other_prompts_score_low():
+  recs = _records(64, "eval")
+  perm = np.random.default_rng(0).permutation(N)
+  result = alignment.alignment([recs[i]["image"] for i in perm], [r["caption"] for r in recs])
+  assert result["all"] < 0.2, result
+  assert result["colour"] < 0.5 and result["shape"] < 0.5
+
+
+@pytest.mark.parametrize("resolution", [64, 128, 256])
+def test_noise_and_blur_still_score_high(resolution):
+  rng = np.random.default_rng(1)
+  recs = _records(resolution, "eval")[:60]
+  images = []
+  for r in recs:
+    blurred = Image.fromarray(r["image"]).filter(ImageFilter.GaussianBlur(resolution / 128))
+    noisy = np.asarray(blurred, np.float32) + rng.normal(0, 12, r["image"].shape)
+    images.append(np.clip(noisy / 255.0, 0.0, 1.0))       # float images in [0, 1] too
+  result = alignment.alignment(images, [r["caption"] for r in recs])
+  assert result["all"] >= 0.95, result
+
+
+def test_score_reports_each_stated_attribute():
+  attrs = [{"colour": "red", "shape": "star", "position": "left", "size": "small"},
+           {"colour": "blue", "shape": "square", "position": "right", "size": "large"}]
+  image = scenes.render(attrs, 96)
+  s = alignment.score(image, "a small red star on the left and a large blue square on the right")
+  assert s["colour"] == [True, True] and s["shape"] == [True, True]
+  assert s["position"] == [True, True] and s["size"] == [True, True]
+  assert s["count"] and s["all"]
+  # Wrong colour of one object, and a relation that does not hold.
+  s = alignment.score(image, "a small green star on the left and a large blue square on the right")
+  assert s["colour"].count(False) == 1 and not s["all"] and s["count"]
+  s = alignment.score(image, "a red star to the right of a blue square")
+  assert s["position"] == [False] and s["colour"] == [True, True] and not s["all"]
+  assert alignment.score(image, "a red star to the left of a blue square")["all"]
+  # An extra object in the image: attributes right, count wrong.
+  s = alignment.score(image, "a red star")
+  assert s["colour"] == [True] and s["shape"] == [True] and not s["count"] and not s["all"]
+  # Prompts with no size or position do not score them.
+  s = alignment.score(image, "a red star and a blue square")
+  assert s["size"] == [] and s["position"] == [] and s["all"]
+
+
+def test_empty_and_noise_images():
+  grey = np.full((64, 64, 3), 128, np.uint8)
+  assert alignment.detect(grey) == []
+  s = alignment.score(grey, "a red circle")
+  assert s["colour"] == [False] and not s["count"] and not s["all"]
+  noise = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), np.uint8)
+  assert alignment.alignment(noise, ["a red circle on the left"] * 8)["all"] == 0.0
+
+
+def test_connected_components_against_a_flood_fill():
+  rng = np.random.default_rng(3)
+  mask = rng.random((40, 50)) < 0.45
+  labels, n = alignment.label_components(mask)
+  # Independent breadth-first flood fill with 8-connectivity.
+  seen = np.zeros_like(mask, bool)
+  groups = []
+  for y, x in zip(*np.nonzero(mask)):
+    if seen[y, x]:
+      continue
+    stack, group = [(y, x)], set()
+    seen[y, x] = True
+    while stack:
+      cy, cx = stack.pop()
+      group.add((cy, cx))
+      for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+          ny, nx = cy + dy, cx + dx
+          if 0 <= ny < 40 and 0 <= nx < 50 and mask[ny, nx] and not seen[ny, nx]:
+            seen[ny, nx] = True
+            stack.append((ny, nx))
+    groups.append(group)
+  assert n == len(groups)
+  assert (labels[~mask] == 0).all()
+  for group in groups:
+    assert len({labels[p] for p in group}) == 1
+  assert len({labels[next(iter(g))] for g in groups}) == n
+
+
+def test_bad_inputs_raise_clear_errors():
+  img = np.zeros((32, 32, 3), np.float32)
+  with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+    alignment.detect(np.zeros((32, 32)))
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    alignment.detect(img + 5.0)
+  with pytest.raises(ValueError, match="names no scene object"):
+    alignment.score(img, "a photo of a dog")
+  with pytest.raises(ValueError, match="2 images for 1 prompts"):
+    alignment.alignment([img, img], ["a red circle"])
