@@ -26,10 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 
 from configs import base as base_config
 from muse_jax.data import synthetic
+from muse_jax.models import layers
 from muse_jax.models.transformer import TransformerConfig
 from muse_jax.train import loop
 
@@ -68,11 +70,43 @@ def analytic_flops(cfg: TransformerConfig, batch: int, text_length: int) -> dict
   return out
 
 
+_NON_LAYER = ("text_proj", "head_dense", "head_logits")
+
+
 def xla_flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax returned one dict per program
     cost = cost[0]
   return float(cost["flops"])
+
+
+def xla_layer_flops(setup, batch_size: int) -> float:
+  """XLA's flops for forward + backward of ONE TransformerBlock at the train step's shapes.
+
+  XLA's cost analysis counts a while loop's body once, whatever its trip count, and BlockStack
+  runs its layers as an nn.scan (a while loop), so compiled.cost_analysis() of the train step
+  holds one layer instead of num_layers. This compiles the model's own block (with gradients for
+  its params, its input and the context, as the scan's backward computes) to count one layer.
+  """
+  c = setup.task.model_cfg
+  block = layers.TransformerBlock(c.num_heads, c.hidden_size // c.num_heads, c.mlp_dim,
+                                  cross_attention=True, dtype=c.compute_dtype)
+  t = setup.task.text_length
+  x = jax.ShapeDtypeStruct((batch_size, c.seq_len, c.hidden_size), c.compute_dtype)
+  ctx = jax.ShapeDtypeStruct((batch_size, t, c.hidden_size), c.compute_dtype)
+  mask = jax.ShapeDtypeStruct((batch_size, t), jnp.bool_)
+  with setup.context():
+    params = jax.eval_shape(lambda: nn.unbox(block.init(
+        jax.random.key(0), jnp.zeros(x.shape, x.dtype), jnp.zeros(ctx.shape, ctx.dtype),
+        jnp.ones(mask.shape, bool))))
+
+    def loss(p, x, ctx, mask, cotangent):  # a non-constant cotangent, so that XLA cannot
+      y = block.apply(p, x, ctx, mask)[0]    # simplify the first backward matmuls to reductions
+      return (y * cotangent).astype(jnp.float32).sum()
+
+    # value_and_grad: with grad alone the block's last matmul (MLP out) would be dead code.
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    return xla_flops(grad.lower(params, x, ctx, mask, x).compile())
 
 
 def matmul_peak(n: int, dtype, repeats: int) -> float:
@@ -87,6 +121,32 @@ def matmul_peak(n: int, dtype, repeats: int) -> float:
     f(a, b).block_until_ready()
     best = min(best, time.perf_counter() - t0)
   return 2.0 * n ** 3 / best
+
+
+def _cpu_ticks():
+  """(busy clock ticks of the whole machine, clock ticks of this process), from /proc."""
+  with open("/proc/stat") as f:
+    ticks = [int(x) for x in f.readline().split()[1:]]
+  with open("/proc/self/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return sum(ticks) - ticks[3] - ticks[4], int(fields[11]) + int(fields[12])
+
+
+def timed_step(compiled, state, batch, rng):
+  """Runs one step to completion. Returns (state, metrics, seconds, cores used by other processes
+  meanwhile (None where /proc is unavailable))."""
+  try:
+    busy0, own0 = _cpu_ticks()
+  except OSError:
+    busy0 = None
+  t0 = time.perf_counter()
+  state, metrics = compiled(state, batch, rng)
+  jax.block_until_ready((state, metrics))
+  dt = time.perf_counter() - t0
+  if busy0 is None:
+    return state, metrics, dt, None
+  busy1, own1 = _cpu_ticks()
+  return state, metrics, dt, ((busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / dt
 
 
 def synthetic_batch(setup, config) -> dict:
@@ -171,14 +231,13 @@ def main():
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   batch = synthetic_batch(setup, config)
   for _ in range(args.warmup):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready((state, metrics))
-  times = []
+    state, _ = compiled(state, batch, rng)
+  jax.block_until_ready(state)
+  times, foreign = [], []
   for _ in range(args.steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, rng)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
+    state, metrics, dt, other = timed_step(compiled, state, batch, rng)
+    times.append(dt)
+    foreign.append(other)
   loss = float(metrics["loss"])
   if not np.isfinite(loss):
     raise FloatingPointError(f"loss is {loss} after {args.warmup + args.steps} steps")
@@ -189,7 +248,9 @@ def main():
   fwd = analytic_flops(cfg, batch_size, text_length)
   fwd_total = sum(fwd.values())
   step_flops = 3 * fwd_total
-  xla = xla_flops(compiled)
+  xla_raw = xla_flops(compiled)
+  xla_layer = xla_layer_flops(setup, batch_size)
+  xla = xla_raw + (cfg.num_layers - 1) * xla_layer
   step_s = statistics.median(times)
   achieved = step_flops / step_s
 
@@ -199,12 +260,19 @@ def main():
     print(f"  {k:26s} {x / 1e9:9.2f} GFLOP  {x / fwd_total:6.1%}")
   print(f"  {'total forward':26s} {fwd_total / 1e9:9.2f} GFLOP")
   print(f"model FLOPs per step (3 x forward, analytic): {step_flops / 1e9:.1f} GFLOP")
-  print(f"XLA cost_analysis flops per step:             {xla / 1e9:.1f} GFLOP")
+  print(f"XLA cost_analysis flops of the train step:    {xla_raw / 1e9:.1f} GFLOP (the layer "
+        f"scan's body counted once)")
+  print(f"XLA flops of one block, forward + backward:   {xla_layer / 1e9:.1f} GFLOP (analytic "
+        f"{3 * sum(v for k, v in fwd.items() if k not in _NON_LAYER) / cfg.num_layers / 1e9:.1f})")
+  print(f"XLA flops per step, scan counted {cfg.num_layers} times:   {xla / 1e9:.1f} GFLOP")
   print(f"ratio XLA / analytic:                         {xla / step_flops:.3f}")
   print(f"\nstep times (s): {', '.join(f'{t:.3f}' for t in times)}")
   print(f"step time: median {step_s:.3f} s, min {min(times):.3f} s, max {max(times):.3f} s "
         f"(spread (max-min)/median {(max(times) - min(times)) / step_s:.1%}) over {len(times)} "
         f"steps after {args.warmup} warm-up; loss {loss:.4f}")
+  if None not in foreign:
+    print(f"other processes used {', '.join(f'{f:.2f}' for f in foreign)} cores during these "
+          f"steps (of {os.cpu_count()}); figures from a busy machine understate the model")
   print(f"throughput: {batch_size / step_s:.2f} examples/s, {achieved / 1e9:.1f} GFLOP/s (analytic)")
   print(f"matmul peak ({dtype.name}, n in {sizes}, best of {args.peak_repeats}): before "
         f"{peak_before / 1e9:.1f} GFLOP/s, after {peak_after / 1e9:.1f} GFLOP/s; using "
