@@ -49,7 +49,8 @@ def paths(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipeline")
   common = {"model.text_dim": 384, "text_encoder.kind": "bert", "text_encoder.dtype": "float32",
             "train.num_steps": 1, "checkpoint.every": 1, "mesh.data": 1,
-            "train.batch_size": 2, "data.num_examples": 8, "data.num_threads": 1}
+            "train.batch_size": 2, "data.num_examples": 8, "data.num_threads": 1,
+            "checkpoint.async_save": False}
   devices = jax.devices()[:1]
   loop.run(_override(base_config.get_config("size=tiny"), dict(
       common, **{"model.grid_size": 4, "model.codebook_size": 32})), root / "base", devices)
@@ -102,8 +103,7 @@ def test_guidance_off_and_negative_prompt(pipe):
   assert out.images_BxHxWx3.shape == (1, 16, 16, 3)
   with pytest.raises(PipelineError, match="negative prompt.*guidance scale must be > 0"):
     pipe.generate(["a red circle"], off, negative_prompts=["blue"])
-  cfg = SampleConfig(num_images=4, seed=0, base=decoding.DecodeConfig(num_steps=4,
-                                                                      guidance_scale=20.0))
+  cfg = SampleConfig(num_images=4, seed=0, base=FAST.base)   # the sampler compiled above
   plain = pipe.generate(["a red circle"], cfg)
   negative = pipe.generate(["a red circle"], cfg, negative_prompts=["a big yellow triangle"])
   assert (plain.tokens_lo_BxN != negative.tokens_lo_BxN).any()
