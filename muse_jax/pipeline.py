@@ -394,13 +394,14 @@ class Pipeline:
 
 
 def image_grid(images_BxHxWx3, cols: Optional[int] = None) -> np.ndarray:
-  """Images in [0, 1] -> one uint8 grid (rows of `cols`, default ceil(sqrt(B)), black padding)."""
-  u8 = (np.clip(np.asarray(images_BxHxWx3), 0, 1) * 255).round().astype(np.uint8)
-  b, h, w, c = u8.shape
+  """Images in [0, 1] -> one float32 grid image in [0, 1] (rows of `cols`, default
+  ceil(sqrt(B)); empty cells black)."""
+  images = np.clip(np.asarray(images_BxHxWx3, np.float32), 0, 1)
+  b, h, w, c = images.shape
   cols = cols or math.ceil(math.sqrt(b))
   rows = -(-b // cols)
-  grid = np.zeros((rows * h, cols * w, c), np.uint8)
-  for i, im in enumerate(u8):
+  grid = np.zeros((rows * h, cols * w, c), np.float32)
+  for i, im in enumerate(images):
     r, k = divmod(i, cols)
     grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = im
   return grid

@@ -92,7 +92,8 @@ def write_outputs(out: str, images_BxHxWx3, cols: int, settings: dict, names=Non
   u8 = (np.clip(images_BxHxWx3, 0, 1) * 255).round().astype(np.uint8)
   for name, im in zip(names, u8):
     PIL.Image.fromarray(im).save(os.path.join(out, name))
-  PIL.Image.fromarray(image_grid(images_BxHxWx3, cols)).save(os.path.join(out, "grid.png"))
+  grid_u8 = (image_grid(images_BxHxWx3, cols) * 255).round().astype(np.uint8)
+  PIL.Image.fromarray(grid_u8).save(os.path.join(out, "grid.png"))
   with open(os.path.join(out, "settings.json"), "w") as f:
     json.dump(dict(settings, files=names, grid="grid.png"), f, indent=1)
   return names
