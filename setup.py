@@ -45,6 +45,11 @@ setup(
             "muse-fit=muse_jax.cli.fit:run_main",
             "muse-convert=muse_jax.convert.vq:run_main",
             "muse-encode=muse_jax.cli.encode:run_main",
+            "muse-sample=muse_jax.cli.sample:run_main",
+            "muse-edit=muse_jax.cli.edit:run_main",
+            "muse-eval=muse_jax.cli.evaluate:run_main",
+            "muse-ema=muse_jax.cli.ema:run_main",
+            "muse-demo=muse_jax.cli.demo:run_main",
         ],
     },
 )

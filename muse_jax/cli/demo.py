@@ -1,0 +1,121 @@
+r"""muse-demo: the whole Muse cascade trained and sampled on the built-in scenes, on a CPU.
+
+  muse-demo --workdir=/tmp/muse_demo            # the full demo (README gives its time and scores)
+  muse-demo --workdir=/tmp/muse_demo_q --quick  # every stage for a few steps (tests, ~2 minutes)
+
+Stages, each in its own folder under WORKDIR and each resumable (re-running the command skips
+what is finished and resumes what is not, from its checkpoints):
+  vq/        tokenizer: configs/vqgan.py:size=demo, an f16 VQGAN trained on 64 px scenes
+  enc/       muse-encode: the scenes' train split at 64 px (4x4 ids) and 128 px (8x8 ids, the same
+             fully convolutional tokenizer), captions -> bundled MiniLM states
+  base/      configs/base.py:size=demo on the 4x4 ids
+  superres/  configs/superres.py:size=demo: 4x4 -> 8x8 ids
+  samples/   prompts of held-out colour-shape pairs (split "eval") and of seen ones ("eval_seen"),
+             sampled through the cascade to 128 px; grid PNGs, report.md and report.json with the
+             time taken and the prompt-alignment scores recovered from the images alone.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from absl import logging
+
+LO_RES, HI_RES = 64, 128
+
+
+def _override(config, **items):
+  """Sets dotted keys (a__b means a.b) on a ConfigDict."""
+  for key, value in items.items():
+    node = config
+    *parents, leaf = key.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def stage_configs(workdir: str, quick: bool) -> dict:
+  """The training configs of the demo's three models (quick: a few steps of the same models)."""
+  from configs import base, superres, vqgan
+  enc = os.path.join(workdir, "enc", "train-*")
+  vq = vqgan.get_config("size=demo")
+  b = _override(base.get_config("size=demo"), data__source="preencoded", data__path=enc)
+  sr = _override(superres.get_config("size=demo"), data__source="preencoded", data__path=enc)
+  if quick:
+    for config, steps in ((vq, 12), (b, 12), (sr, 12)):
+      _override(config, train__num_steps=steps, checkpoint__every=steps, train__log_every=4,
+                optim__warmup_steps=2)
+    _override(vq, train__eval_every=12, loss__adv_start_step=6, disc_optim__warmup_steps=2)
+  return {"vq": vq, "base": b, "superres": sr}
+
+
+def _train(name: str, config, workdir: str) -> float:
+  from muse_jax import checkpoint
+  from muse_jax.train import loop
+  t0 = time.perf_counter()
+  stage_dir = os.path.join(workdir, name)
+  try:
+    if int(checkpoint.step_dir(stage_dir).name) >= config.train.num_steps:
+      print(f"muse-demo: {name} is trained ({stage_dir})", flush=True)
+      return time.perf_counter() - t0
+  except checkpoint.CheckpointError:
+    pass                                     # nothing saved yet: train from the start
+  print(f"muse-demo: training {name} -> {stage_dir}", flush=True)
+  out = loop.run(config, stage_dir)
+  if out["preempted"]:
+    raise SystemExit(f"muse-demo: stopped while training {name} (SIGTERM); re-run to resume")
+  return time.perf_counter() - t0
+
+
+def _encode(workdir: str, num_examples: int) -> float:
+  from muse_jax.cli import encode
+  t0 = time.perf_counter()
+  enc = os.path.join(workdir, "enc")
+  vq = os.path.join(workdir, "vq")
+  args = ["images", "--tokenizer", vq, "--tokenizer-hi", vq, "--resolution", str(LO_RES),
+          "--resolution-hi", str(HI_RES), "--num-examples", str(num_examples),
+          "--shard-size", "2048", "--batch-size", "64", "--out", os.path.join(enc, "images")]
+  if encode.main(args) != 0:
+    raise SystemExit("muse-demo: encoding images failed (see the error above)")
+  if encode.main(["text", "--input", os.path.join(enc, "images-*"), "--max-length", "24",
+                  "--batch-size", "64", "--out", os.path.join(enc, "train")]) != 0:
+    raise SystemExit("muse-demo: encoding captions failed (see the error above)")
+  return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="muse-demo", description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="/tmp/muse_demo")
+  parser.add_argument("--quick", action="store_true", help="a few steps per stage (tests)")
+  parser.add_argument("--num-examples", type=int, help="scenes to encode (default 20000; "
+                      "quick 256)")
+  parser.add_argument("--num-prompts", type=int, help="prompts per split to sample (default 48;"
+                      " quick 4)")
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  quick = args.quick
+  num_examples = args.num_examples or (256 if quick else 20_000)
+  num_prompts = args.num_prompts or (4 if quick else 48)
+  os.makedirs(args.workdir, exist_ok=True)
+  configs = stage_configs(args.workdir, quick)
+  times = {}
+  t0 = time.perf_counter()
+  times["tokenizer"] = _train("vq", configs["vq"], args.workdir)
+  times["encode"] = _encode(args.workdir, num_examples)
+  times["base"] = _train("base", configs["base"], args.workdir)
+  times["superres"] = _train("superres", configs["superres"], args.workdir)
+  from muse_jax.cli import demo_report
+  times["sample"], report = demo_report.sample_and_score(args.workdir, num_prompts, quick)
+  times["total"] = time.perf_counter() - t0
+  demo_report.write(args.workdir, report, times, quick)
+  return 0
+
+
+def run_main():
+  sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  run_main()
