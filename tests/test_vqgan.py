@@ -1,5 +1,7 @@
 """VQGAN tokenizer: model invariants, quantizer against numpy, the vqgan and decoder_finetune
 stages (smoke, resume, frozen encoder), reconstruction metrics against numpy."""
+import shutil
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,15 +92,16 @@ def test_psnr_and_ssim_against_numpy():
 
 
 def test_vqgan_stage_trains_writes_grids_and_resumes_exactly(tmp_path):
-  const = {"optim.decay": "constant", "disc_optim.decay": "constant"}
-  full = loop.run(_config(vq_config, **{"train.num_steps": 12}, **const), tmp_path / "full")
-  first = loop.run(_config(vq_config, **{"train.num_steps": 6, "checkpoint.every": 6}, **const),
-                   tmp_path / "split")
-  second = loop.run(_config(vq_config, **{"train.num_steps": 12}, **const), tmp_path / "split")
-  assert second["start_step"] == 6
-  resumed = {**first["losses"], **second["losses"]}
-  np.testing.assert_allclose([resumed[s] for s in range(1, 13)],
-                             [full["losses"][s] for s in range(1, 13)], rtol=1e-5)
+  # 12 steps with the adversarial loss from step 10 and checkpoints at 6 and 12; then a fresh
+  # workdir holding only the step-6 checkpoint resumes and must repeat steps 7-12 exactly.
+  config = _config(vq_config, **{"train.num_steps": 12, "checkpoint.every": 6,
+                                 "optim.decay": "constant", "disc_optim.decay": "constant"})
+  full = loop.run(config, tmp_path / "full")
+  shutil.copytree(tmp_path / "full" / "checkpoints" / "6", tmp_path / "split" / "checkpoints" / "6")
+  second = loop.run(config, tmp_path / "split")
+  assert second["start_step"] == 6 and sorted(second["losses"]) == list(range(7, 13))
+  np.testing.assert_allclose([second["losses"][s] for s in range(7, 13)],
+                             [full["losses"][s] for s in range(7, 13)], rtol=1e-5)
   grids = sorted(p.name for p in (tmp_path / "full" / "samples").iterdir())
   assert grids == ["recon_00000010.png", "recon_00000012.png"]
 
