@@ -9,9 +9,8 @@ from configs import base as base_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_base(**overrides):
-  """configs/base.py:size=tiny with dotted-key overrides, e.g. {"train.num_steps": 4}."""
-  config = base_config.get_config("size=tiny")
+def override(config, **overrides):
+  """Sets dotted-key overrides, e.g. {"train.num_steps": 4}, on a config; returns it."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
@@ -19,6 +18,11 @@ def tiny_base(**overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def tiny_base(**overrides):
+  """configs/base.py:size=tiny with dotted-key overrides."""
+  return override(base_config.get_config("size=tiny"), **overrides)
 
 
 def subprocess_env(num_devices: int = 8) -> dict:

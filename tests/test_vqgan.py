@@ -16,20 +16,14 @@ from muse_jax import tasks
 from muse_jax.metrics import recon
 from muse_jax.models.vqgan import VQGAN, VQGANConfig
 from muse_jax.train import loop
+from tests import helpers
 
 SMALL = VQGANConfig(base_channels=16, channel_mult=(1, 2, 2), latent_dim=8, codebook_size=32,
                     norm_groups=8)
 
 
 def _config(module, **overrides):
-  config = module.get_config("size=tiny")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return helpers.override(module.get_config("size=tiny"), **overrides)
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (16, 24), (32, 12)])

@@ -41,6 +41,20 @@ def masked_token_loss(logits_BxNxV, targets_BxN, mask_BxN):
   return loss, (correct_BxN * weight_BxN).sum() / denom
 
 
+def corrupt(rng, tokens_BxN, txt_mask_BxT, masking_cfg: MaskingConfig, mask_id: int):
+  """The masked-token training corruption shared by the base and super-res stages: exactly
+  ceil(r N) tokens per example replaced by mask_id (r from masking_cfg.rate) and a
+  masking_cfg.text_drop_prob fraction of examples with their text dropped (all-False mask).
+
+  Returns (inputs_BxN, mask_BxN, rate_B, txt_mask_BxT, keep_text_B)."""
+  b, n = tokens_BxN.shape
+  mask_rng, drop_rng = jax.random.split(rng)
+  mask_BxN, rate_B = masking.training_mask(mask_rng, b, n, masking_cfg.rate)
+  keep_text_B = jax.random.uniform(drop_rng, (b,)) >= masking_cfg.text_drop_prob
+  inputs_BxN = jnp.where(mask_BxN, mask_id, tokens_BxN)
+  return inputs_BxN, mask_BxN, rate_B, txt_mask_BxT & keep_text_B[:, None], keep_text_B
+
+
 class BaseTask:
   """init_params / init_state / train_step / eval_step for the base stage."""
 
@@ -80,12 +94,8 @@ class BaseTask:
   # Steps --------------------------------------------------------------------------------------
   def loss_fn(self, params, batch, rng):
     tokens_BxN = batch["tokens"]
-    b, n = tokens_BxN.shape
-    mask_rng, drop_rng = jax.random.split(rng)
-    mask_BxN, rate_B = masking.training_mask(mask_rng, b, n, self.masking_cfg.rate)
-    keep_text_B = jax.random.uniform(drop_rng, (b,)) >= self.masking_cfg.text_drop_prob
-    txt_mask_BxT = batch["txt_mask"] & keep_text_B[:, None]
-    inputs_BxN = jnp.where(mask_BxN, self.model_cfg.mask_id, tokens_BxN)
+    inputs_BxN, mask_BxN, rate_B, txt_mask_BxT, keep_text_B = corrupt(
+        rng, tokens_BxN, batch["txt_mask"], self.masking_cfg, self.model_cfg.mask_id)
     logits = self.model.apply({"params": params}, inputs_BxN, batch["txt"], txt_mask_BxT)
     loss, acc = masked_token_loss(logits, tokens_BxN, mask_BxN)
     return loss, {"loss": loss, "masked_acc": acc, "mask_rate": rate_B.mean(),

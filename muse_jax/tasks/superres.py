@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from muse_jax import masking
 from muse_jax.data import preencoded, preprocess, synthetic_pairs
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.parallel import axes
+from muse_jax.tasks import base as base_task
 from muse_jax.tasks.base import MaskingConfig, masked_token_loss
 from muse_jax.train import step as step_lib
 
@@ -92,14 +92,9 @@ class SuperResTask:
 
   # Steps --------------------------------------------------------------------------------------
   def mask_and_drop_text(self, rng, tokens_BxM, txt_mask_BxT):
-    """The base stage's training corruption: -> (inputs_BxM with [MASK] ids, mask_BxM, rate_B,
-    txt_mask_BxT with dropped examples all False, keep_text_B)."""
-    b, m = tokens_BxM.shape
-    mask_rng, drop_rng = jax.random.split(rng)
-    mask_BxM, rate_B = masking.training_mask(mask_rng, b, m, self.masking_cfg.rate)
-    keep_text_B = jax.random.uniform(drop_rng, (b,)) >= self.masking_cfg.text_drop_prob
-    inputs_BxM = jnp.where(mask_BxM, self.model_cfg.mask_id, tokens_BxM)
-    return inputs_BxM, mask_BxM, rate_B, txt_mask_BxT & keep_text_B[:, None], keep_text_B
+    """The base stage's training corruption (tasks.base.corrupt) on the high-res tokens."""
+    return base_task.corrupt(rng, tokens_BxM, txt_mask_BxT, self.masking_cfg,
+                             self.model_cfg.mask_id)
 
   def loss_fn(self, params, batch, rng):
     tokens_BxM = batch["tokens"]
