@@ -53,13 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "num_heads": p["num_heads"], "mlp_dim": p["mlp_dim"], "vocab_pad_multiple": 128,
       "remat": paper, "dtype": "bfloat16" if paper else "float32",
   })
-  config.masking = ml_collections.ConfigDict({"rate": "arccos", "text_drop_prob": 0.1})
-  config.optim = ml_collections.ConfigDict({
-      "name": "adafactor", "lr": 1e-4, "b1": 0.9, "b2": 0.96, "eps": 1e-8,
-      "weight_decay": 0.045, "warmup_steps": 5000, "decay": "cosine", "end_lr_frac": 0.0,
-      "grad_clip_norm": 1.0,
-  })
-  config.text_encoder = common.text_encoder(p["text_dim"], p["text_length"])
+  common.masked_token_sections(config, p["text_dim"], p["text_length"])
   config.data = ml_collections.ConfigDict({
       # "preencoded": shards from muse-encode at `path` (a glob); "synthetic": a stand-in.
       "source": "synthetic", "path": "", "num_examples": 4096, "seed": 0,
@@ -70,8 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
   elif args.size == "demo":
     common.train_common(config, batch_size=64, num_steps=2000, log_every=50, ckpt_every=500)
-    config.optim.name, config.optim.lr, config.optim.warmup_steps = "adamw", 1e-3, 100
-    config.optim.weight_decay = 0.01
+    common.demo_optim(config.optim)
   elif args.size == "cpu-bench":
     common.train_common(config, batch_size=16, num_steps=200, log_every=10, ckpt_every=100)
     config.optim.warmup_steps = 20

@@ -47,3 +47,33 @@ def text_encoder(text_dim: int, max_length: int) -> ml_collections.ConfigDict:
   kind = "bert" if text_dim == 384 else "t5"
   return ml_collections.ConfigDict({"kind": kind, "path": "", "max_length": max_length,
                                     "dtype": "float32" if kind == "bert" else "bfloat16"})
+
+
+def masked_token_sections(config: ml_collections.ConfigDict, text_dim: int,
+                          text_length: int) -> None:
+  """The sections the masked-token stages (base, super-res) share: masking (arccos rate, 10% of
+  examples without text), the paper's optimiser (Table 4: Adafactor b1 0.9, b2 0.96, lr 1e-4,
+  weight decay 0.045, 5k warm-up, cosine decay) and the text encoder."""
+  config.masking = ml_collections.ConfigDict({"rate": "arccos", "text_drop_prob": 0.1})
+  config.optim = ml_collections.ConfigDict({
+      "name": "adafactor", "lr": 1e-4, "b1": 0.9, "b2": 0.96, "eps": 1e-8,
+      "weight_decay": 0.045, "warmup_steps": 5000, "decay": "cosine", "end_lr_frac": 0.0,
+      "grad_clip_norm": 1.0,
+  })
+  config.text_encoder = text_encoder(text_dim, text_length)
+
+
+def demo_optim(optim: ml_collections.ConfigDict) -> None:
+  """The CPU demo's optimiser for small masked-token models: AdamW, lr 1e-3, 100 warm-up steps."""
+  optim.name, optim.lr, optim.warmup_steps, optim.weight_decay = "adamw", 1e-3, 100, 0.01
+
+
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets {"train.num_steps": 4, ...} (dotted keys) on a config, as --config.KEY=VALUE does."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config

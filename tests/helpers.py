@@ -5,19 +5,14 @@ import subprocess
 import sys
 
 from configs import base as base_config
+from configs import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def override(config, **overrides):
-  """Sets dotted-key overrides, e.g. {"train.num_steps": 4}, on a config; returns it."""
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  """Dotted-key overrides, e.g. override(config, **{"train.num_steps": 4})."""
+  return common.override(config, overrides)
 
 
 def tiny_base(**overrides):

@@ -25,29 +25,19 @@ from absl import logging
 LO_RES, HI_RES = 64, 128
 
 
-def _override(config, **items):
-  """Sets dotted keys (a__b means a.b) on a ConfigDict."""
-  for key, value in items.items():
-    node = config
-    *parents, leaf = key.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
 def stage_configs(workdir: str, quick: bool) -> dict:
   """The training configs of the demo's three models (quick: a few steps of the same models)."""
-  from configs import base, superres, vqgan
-  enc = os.path.join(workdir, "enc", "train-*")
+  from configs import base, common, superres, vqgan
+  data = {"data.source": "preencoded", "data.path": os.path.join(workdir, "enc", "train-*")}
   vq = vqgan.get_config("size=demo")
-  b = _override(base.get_config("size=demo"), data__source="preencoded", data__path=enc)
-  sr = _override(superres.get_config("size=demo"), data__source="preencoded", data__path=enc)
+  b = common.override(base.get_config("size=demo"), data)
+  sr = common.override(superres.get_config("size=demo"), data)
   if quick:
-    for config, steps in ((vq, 12), (b, 12), (sr, 12)):
-      _override(config, train__num_steps=steps, checkpoint__every=steps, train__log_every=4,
-                optim__warmup_steps=2)
-    _override(vq, train__eval_every=12, loss__adv_start_step=6, disc_optim__warmup_steps=2)
+    for config in (vq, b, sr):
+      common.override(config, {"train.num_steps": 12, "checkpoint.every": 12,
+                               "train.log_every": 4, "optim.warmup_steps": 2})
+    common.override(vq, {"train.eval_every": 12, "loss.adv_start_step": 6,
+                         "disc_optim.warmup_steps": 2})
   return {"vq": vq, "base": b, "superres": sr}
 
 
