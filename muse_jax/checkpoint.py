@@ -99,11 +99,21 @@ class Checkpointer:
     logging.info("restored checkpoint step %d from %s", step, self.directory)
     return restored["state"], restored["data"]
 
+  def _finish(self, fn):
+    """Runs fn (which waits for async saves); a failed background save (disk full, permissions
+    changed) becomes a CheckpointError instead of a raw OSError from orbax's thread."""
+    try:
+      fn()
+    except OSError as e:
+      raise CheckpointError(f"writing a checkpoint to {self.directory} failed ({e}); earlier "
+                            f"complete checkpoints are intact and a re-run resumes from the "
+                            f"latest one; free space or pass another --workdir") from e
+
   def wait(self):
-    self.manager.wait_until_finished()
+    self._finish(self.manager.wait_until_finished)
 
   def close(self):
-    self.manager.wait_until_finished()
+    self._finish(self.manager.wait_until_finished)
     self.manager.close()
 
 

@@ -1,4 +1,5 @@
 """The train loop: sharded equals single-device, exact resume, mesh changes, faults."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -115,11 +116,43 @@ def test_checkpoint_from_another_config_names_the_parameter(tmp_path):
     loop.run(other, tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+@contextlib.contextmanager
+def _tmpfs(path, options):
+  """A real small / read-only filesystem at `path` (root can mount; others skip)."""
+  path.mkdir(parents=True, exist_ok=True)
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
+                                          str(path)], capture_output=True).returncode != 0:
+    pytest.skip("needs root and mount(8) to inject a read-only or full filesystem")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def test_unwritable_checkpoint_directory(tmp_path):
+  if os.geteuid() == 0:           # root ignores permissions: use a read-only filesystem
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+      with pytest.raises(ckpt_lib.CheckpointError, match="not writable"):
+        loop.run(helpers.tiny_base(**{"train.num_steps": 2}), ro / "w")
+    return
   tmp_path.chmod(0o500)
   try:
     with pytest.raises(ckpt_lib.CheckpointError, match="not writable"):
       loop.run(helpers.tiny_base(**{"train.num_steps": 2}), tmp_path / "w")
   finally:
     tmp_path.chmod(0o700)
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_earlier_checkpoint(tmp_path):
+  with _tmpfs(tmp_path / "small", "size=16m") as disk:
+    workdir = disk / "w"
+    loop.run(helpers.tiny_base(**{"train.num_steps": 2, "checkpoint.every": 2}), workdir)
+    before = ckpt_lib.load_params(workdir)
+    with open(disk / "filler", "wb") as f:     # fill the disk, leaving a few KB
+      stat = os.statvfs(disk)
+      f.write(b"\0" * (stat.f_bavail * stat.f_frsize - 8192))
+    with pytest.raises(ckpt_lib.CheckpointError, match="not writable|failed"):
+      loop.run(helpers.tiny_base(**{"train.num_steps": 4, "checkpoint.every": 2}), workdir)
+    (disk / "filler").unlink()
+    assert int(ckpt_lib.step_dir(workdir).name) == 2
+    jax.tree.map(np.testing.assert_array_equal, ckpt_lib.load_params(workdir), before)
