@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from configs import base as base_config, superres as superres_config
+from configs import base as base_config, common, superres as superres_config
 from muse_jax import decoding, editing
 from muse_jax.cli import edit as edit_cli, sample as sample_cli
 from muse_jax.convert import vq
@@ -28,14 +28,6 @@ FAST = SampleConfig(num_images=2, seed=0,
                     superres=decoding.DecodeConfig(num_steps=2, guidance_scale=3.0))
 
 
-def _override(config, overrides: dict):
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def _tokenizer(path, cfg):
@@ -52,9 +44,9 @@ def paths(tmp_path_factory):
             "train.batch_size": 2, "data.num_examples": 8, "data.num_threads": 1,
             "checkpoint.async_save": False}
   devices = jax.devices()[:1]
-  loop.run(_override(base_config.get_config("size=tiny"), dict(
+  loop.run(common.override(base_config.get_config("size=tiny"), dict(
       common, **{"model.grid_size": 4, "model.codebook_size": 32})), root / "base", devices)
-  loop.run(_override(superres_config.get_config("size=tiny"), dict(
+  loop.run(common.override(superres_config.get_config("size=tiny"), dict(
       common, **{"model.lo_grid_size": 4, "model.hi_grid_size": 8, "model.codebook_size": 32,
                  "model.lo_codebook_size": 32})), root / "sr", devices)
   return {"tok": _tokenizer(root / "tok", TOK), "base": str(root / "base"),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import superres as superres_config
+from configs import common, superres as superres_config
 from muse_jax import tasks
 from muse_jax.data import preencoded, preprocess
 from muse_jax.train import loop
@@ -18,14 +18,7 @@ from muse_jax.train import loop
 
 def _config(size="tiny", **overrides):
   """configs/superres.py:size=SIZE with dotted-key overrides, e.g. {"train.num_steps": 4}."""
-  config = superres_config.get_config(f"size={size}")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return common.override(superres_config.get_config(f"size={size}"), overrides)
 
 
 def _param_count(config) -> int:
