@@ -1,5 +1,4 @@
 """Every preset evaluates; parameter counts match the paper; bad configs fail at start."""
-import subprocess
 
 import chex
 import flax.linen as nn

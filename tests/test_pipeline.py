@@ -39,15 +39,15 @@ def _tokenizer(path, cfg):
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipeline")
-  common = {"model.text_dim": 384, "text_encoder.kind": "bert", "text_encoder.dtype": "float32",
+  shared = {"model.text_dim": 384, "text_encoder.kind": "bert", "text_encoder.dtype": "float32",
             "train.num_steps": 1, "checkpoint.every": 1, "mesh.data": 1,
             "train.batch_size": 2, "data.num_examples": 8, "data.num_threads": 1,
             "checkpoint.async_save": False}
   devices = jax.devices()[:1]
   loop.run(common.override(base_config.get_config("size=tiny"), dict(
-      common, **{"model.grid_size": 4, "model.codebook_size": 32})), root / "base", devices)
+      shared, **{"model.grid_size": 4, "model.codebook_size": 32})), root / "base", devices)
   loop.run(common.override(superres_config.get_config("size=tiny"), dict(
-      common, **{"model.lo_grid_size": 4, "model.hi_grid_size": 8, "model.codebook_size": 32,
+      shared, **{"model.lo_grid_size": 4, "model.hi_grid_size": 8, "model.codebook_size": 32,
                  "model.lo_codebook_size": 32})), root / "sr", devices)
   return {"tok": _tokenizer(root / "tok", TOK), "base": str(root / "base"),
           "sr": str(root / "sr"), "root": root}

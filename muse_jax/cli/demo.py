@@ -15,7 +15,6 @@ what is finished and resumes what is not, from its checkpoints):
              time taken and the prompt-alignment scores recovered from the images alone.
 """
 import argparse
-import json
 import os
 import sys
 import time
