@@ -35,7 +35,8 @@ setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
-        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "scipy==1.17.1"],
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "scipy==1.17.1", "nbformat==5.11.1",
+                 "nbclient==0.11.0", "ipykernel==7.4.0"],
         "parity": ["torch==2.13.0", "transformers==5.23.0", "diffusers==0.42.1"],
         "tpu": ["libtpu==0.0.42"],
     },
