@@ -20,6 +20,19 @@ def _derived_spec(param_shape, param_spec, shape):
   return None
 
 
+def fit_spec(mesh, spec, shape) -> P:
+  """`spec` with every mesh axis dropped from a dimension it does not divide (that dimension is
+  replicated instead): e.g. a tokenizer's 3-channel output conv under a 2-way "tensor" axis."""
+  out = []
+  for dim, names in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    group = (names,) if isinstance(names, str) else tuple(names or ())
+    ways = 1
+    for name in group:
+      ways *= mesh.shape[name]
+    out.append(names if dim % ways == 0 else None)
+  return P(*out)
+
+
 def state_shardings(mesh, rules, boxed_params, abstract_state):
   """NamedShardings for an (unboxed) train-state pytree.
 
@@ -27,7 +40,7 @@ def state_shardings(mesh, rules, boxed_params, abstract_state):
   jax.eval_shape of a model's init), or a tuple of them (a stage with several models). Every state
   leaf whose key path ends with a parameter's path (the params themselves, optimizer moments, EMA
   copies) follows that parameter's logical axes; all other leaves (step counters, scalars) are
-  replicated.
+  replicated. A mesh axis that does not divide a dimension is dropped from it (fit_spec).
   """
   trees = boxed_params if isinstance(boxed_params, tuple) else (boxed_params,)
   by_path = {}
@@ -44,7 +57,7 @@ def state_shardings(mesh, rules, boxed_params, abstract_state):
       for shape, spec in by_path.get(keys[-n:], ()):
         derived = _derived_spec(shape, spec, leaf.shape)
         if derived is not None:
-          return NamedSharding(mesh, derived)
+          return NamedSharding(mesh, fit_spec(mesh, derived, leaf.shape))
     return NamedSharding(mesh, P())
 
   return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
