@@ -3,6 +3,7 @@
 import chex
 import flax.linen as nn
 import jax
+import numpy as np
 import pytest
 
 from configs import base as base_config
@@ -80,3 +81,15 @@ def test_command_line_override_and_locked_config(tmp_path):
   bad = helpers.run_main("configs/base.py:size=tiny", tmp_path / "b", "--config.optim.lrr=3e-4",
                          check=False)
   assert bad.returncode != 0 and "lrr" in bad.stderr
+
+
+def test_a_mesh_axis_that_does_not_divide_a_dimension_is_dropped():
+  from jax.sharding import PartitionSpec as P
+  from muse_jax.parallel import sharding
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2),
+                           ("data", "fsdp", "tensor"))
+  # A tokenizer's output conv: 3 channels cannot split 2 ways; its kernel's 8 inputs can.
+  assert sharding.fit_spec(mesh, P(None, "tensor"), (8, 3)) == P(None, None)
+  assert sharding.fit_spec(mesh, P("tensor", None), (8, 3)) == P("tensor", None)
+  assert sharding.fit_spec(mesh, P(("data", "fsdp")), (6,)) == P(None)
+  assert sharding.fit_spec(mesh, P(("data", "fsdp")), (12, 5)) == P(("data", "fsdp"), None)

