@@ -1,5 +1,7 @@
 """Shardings of whole train states: params from their logical axis names, optimizer state from
 the parameter each of its leaves belongs to."""
+import math
+
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -26,10 +28,7 @@ def fit_spec(mesh, spec, shape) -> P:
   out = []
   for dim, names in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     group = (names,) if isinstance(names, str) else tuple(names or ())
-    ways = 1
-    for name in group:
-      ways *= mesh.shape[name]
-    out.append(names if dim % ways == 0 else None)
+    out.append(names if dim % math.prod(mesh.shape[n] for n in group) == 0 else None)
   return P(*out)
 
 
