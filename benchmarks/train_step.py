@@ -13,7 +13,8 @@ the masking, loss and optimizer) on one device, and prints
     dtype, measured in this process on the same thread pool as the train step, before and after
     the timed steps;
   * MFU = analytic FLOPs / median step time / peak.
-Runs in about 1.5 minutes on a 2-core host with the defaults. JAX_PLATFORMS defaults to cpu here.
+Runs in about 1.5 minutes on a 2-core host with the defaults. Like muse-train, it re-executes
+itself with glibc.malloc.hugetlb=1 (muse_jax/hostenv.py; MUSE_NO_HUGEPAGES=1 to measure without). JAX_PLATFORMS defaults to cpu here.
 """
 import argparse
 import os
@@ -206,7 +207,8 @@ def main():
   device = jax.devices()[0]
   cores = len(os.sched_getaffinity(0))
   print(f"jax {jax.__version__}, device {device.device_kind} ({device.platform}), {cores} cores "
-        f"in affinity mask, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"in affinity mask, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
 
   setup = loop.Setup(config, devices=[device])
   cfg = setup.task.model_cfg
@@ -283,4 +285,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from muse_jax import hostenv
+  hostenv.reexec_with_hugepages()   # glibc.malloc.hugetlb=1; MUSE_NO_HUGEPAGES=1 runs without
   main()

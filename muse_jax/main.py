@@ -6,6 +6,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from muse_jax import hostenv
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, outputs.")
@@ -34,6 +36,7 @@ def main(argv):
 
 
 def run_main():
+  hostenv.reexec_with_hugepages()
   app.run(main)
 
 

@@ -103,6 +103,8 @@ def main(argv=None) -> int:
 
 
 def run_main():
+  from muse_jax import hostenv
+  hostenv.reexec_with_hugepages()
   sys.exit(main(sys.argv[1:]))
 
 

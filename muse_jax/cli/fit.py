@@ -40,7 +40,7 @@ CHIPS = {
     "TPU v6 lite": (32, 918e12), "TPU v6e": (32, 918e12),
 }
 _ADVICE = ("lower --config.train.batch_size, shard more (--config.mesh.fsdp, "
-           "--config.mesh.tensor), turn on --config.model.remat or use a larger topology")
+           "--config.mesh.tensor), use --config.model.remat=full or use a larger topology")
 MEGACORE = ("v4", "v5p")  # two TensorCores per chip, presented as one device
 
 

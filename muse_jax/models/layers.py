@@ -155,9 +155,34 @@ class TransformerBlock(nn.Module):
     return nn.with_logical_constraint(x_BxNxD, act_axes), None
 
 
+# model.remat: what the backward pass keeps from each layer's forward pass.
+#   none   everything (no recomputation; the most memory).
+#   dots   matmul outputs only; layer norms, softmax and GELU are recomputed from them in the
+#          backward pass. On the CPU this is also faster than "none": the elementwise recompute
+#          costs less than writing, zero-initialising and reading the scan's stacked residuals
+#          (benchmarks/RESULTS.md, cpu-bench: 8.0 s -> 7.0 s per step, temporaries 3.5 -> 1.7 GiB).
+#   dots_no_batch  as dots, but attention's batched matmuls (scores, probs @ values) are
+#          recomputed too: no (heads, tokens, tokens) tensor is kept.
+#   full   nothing but each layer's input: the whole layer is recomputed (paper-scale presets,
+#          where activations, not FLOPs, bound the batch per chip).
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy of model.remat=name (None: no rematerialisation)."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"model.remat={name!r}; expected one of {sorted(REMAT_POLICIES)}")
+  return REMAT_POLICIES[name]
+
+
 class BlockStack(nn.Module):
   """`num_layers` TransformerBlocks under nn.scan (one compiled layer; params stacked on a leading
-  "layers" axis) with optional rematerialisation. x_BxNxD -> same shape.
+  "layers" axis) with a rematerialisation policy (REMAT_POLICIES). x_BxNxD -> same shape.
 
   Decoding with a fixed context computes every layer's cross-attention keys/values once:
   `context_kv_only=True` returns them stacked on the layer axis, (k_LxBxTxHxE, v_LxBxTxHxE), from
@@ -169,16 +194,16 @@ class BlockStack(nn.Module):
   head_dim: int
   mlp_dim: int
   cross_attention: bool = True
-  remat: bool = False
+  remat: str = "none"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None, cross_kv=None, *,
                context_kv_only=False):
     block = TransformerBlock
-    if self.remat and not context_kv_only:
-      block = nn.remat(block, prevent_cse=False,
-                       policy=jax.checkpoint_policies.nothing_saveable)
+    policy = remat_policy(self.remat)
+    if policy is not None and not context_kv_only:
+      block = nn.remat(block, prevent_cse=False, policy=policy)
     scan = lambda in_axes: nn.scan(block, variable_axes={"params": 0},
                                    split_rngs={"params": True}, in_axes=in_axes,
                                    length=self.num_layers,

@@ -34,7 +34,7 @@ class SuperResConfig:
   num_heads: int = 8
   mlp_dim: int = 2304
   vocab_pad_multiple: int = 128
-  remat: bool = False
+  remat: str = "none"           # layers.REMAT_POLICIES: none, dots, dots_no_batch, full
   dtype: str = "float32"        # compute dtype; params stay float32
 
   def __post_init__(self):
@@ -50,6 +50,7 @@ class SuperResConfig:
     if self.hidden_size % self.num_heads:
       raise ValueError(f"model.hidden_size={self.hidden_size} must be divisible by "
                        f"model.num_heads={self.num_heads}")
+    layers.remat_policy(self.remat)   # an unknown name fails here, at config time
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 

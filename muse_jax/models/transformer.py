@@ -25,7 +25,7 @@ class TransformerConfig:
   num_heads: int = 16
   mlp_dim: int = 8192
   vocab_pad_multiple: int = 128
-  remat: bool = False
+  remat: str = "none"           # layers.REMAT_POLICIES: none, dots, dots_no_batch, full
   dtype: str = "float32"        # compute dtype; params stay float32
 
   def __post_init__(self):
@@ -36,6 +36,7 @@ class TransformerConfig:
               "mlp_dim", "vocab_pad_multiple"):
       if getattr(self, f) <= 0:
         raise ValueError(f"model.{f} must be positive, got {getattr(self, f)}")
+    layers.remat_policy(self.remat)   # an unknown name fails here, at config time
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
