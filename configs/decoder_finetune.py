@@ -22,6 +22,4 @@ def get_config(arg: str | None = None):
   else:                                  # paper: 4 blocks per level, base channels 256
     config.model.decoder_res_blocks = 4
     config.model.decoder_base_channels = 256
-  if config.size == "demo":
-    config.train.num_steps = 600    # adversarial loss starts at 800 in the demo preset: off here
   return config

@@ -1,7 +1,9 @@
 """VQGAN tokenizer: model invariants, quantizer against numpy, the vqgan and decoder_finetune
 stages (smoke, resume, frozen encoder), reconstruction metrics against numpy."""
+import functools
 import shutil
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -102,6 +104,31 @@ def test_vqgan_stage_trains_writes_grids_and_resumes_exactly(tmp_path):
                              [full["losses"][s] for s in range(7, 13)], rtol=1e-5)
   grids = sorted(p.name for p in (tmp_path / "full" / "samples").iterdir())
   assert grids == ["recon_00000010.png", "recon_00000012.png"]
+
+
+def test_discriminator_is_untouched_before_adv_start_and_trained_after():
+  """Steps before loss.adv_start_step leave the discriminator, its optimizer state and the
+  LeCam averages exactly as they were and report zero discriminator metrics; from then on it
+  trains and the generator's adversarial term is on."""
+  config = _config(vq_config, **{"loss.adv_start_step": 2})
+  setup = loop.Setup(config, devices=[jax.devices()[0]])
+  state = setup.init_state(jax.random.key(0))
+  step = jax.jit(functools.partial(setup.task.train_step, tx=setup.tx))
+  img = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3), minval=-1, maxval=1)
+  before = jax.device_get(state.extra)
+  history = []
+  for _ in range(4):
+    state, metrics = step(state, {"image": img}, jax.random.key(2))
+    history.append((jax.device_get(state.extra), jax.device_get(metrics)))
+  for extra, metrics in history[:2]:                       # steps 0 and 1: adversarial off
+    for key in ("disc_params", "disc_opt_state", "lecam_real", "lecam_fake"):
+      chex.assert_trees_all_equal(extra[key], before[key])
+    assert metrics["disc_loss"] == 0 and metrics["r1"] == 0 and metrics["g_adv"] == 0
+  extra, metrics = history[3]                # steps 2 and 3: on (the warm-up's first lr is 0)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(extra["disc_params"]),
+                                                      jax.tree.leaves(before["disc_params"])))
+  assert metrics["disc_loss"] > 0 and metrics["r1"] > 0 and metrics["g_adv"] > 0
+  assert extra["lecam_real"] != before["lecam_real"]
 
 
 @pytest.fixture(scope="module")

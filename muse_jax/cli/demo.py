@@ -35,8 +35,7 @@ def stage_configs(workdir: str, quick: bool) -> dict:
     for config in (vq, b, sr):
       common.override(config, {"train.num_steps": 12, "checkpoint.every": 12,
                                "train.log_every": 4, "optim.warmup_steps": 2})
-    common.override(vq, {"train.eval_every": 12, "loss.adv_start_step": 6,
-                         "disc_optim.warmup_steps": 2})
+    common.override(vq, {"train.eval_every": 12})
   return {"vq": vq, "base": b, "superres": sr}
 
 

@@ -2,8 +2,9 @@
 encoder and codebook).
 
 Generator loss: reconstruction (L1 or L2) + VQ (commitment, codebook[, entropy]) + adversarial
-(non-saturating, on after train.adv_start_step). Discriminator: non-saturating loss + R1 penalty
-+ optional LeCam regulariser. The generator's EMA is kept in the state. The generator and
+(non-saturating, on from loss.adv_start_step). Discriminator: non-saturating loss + R1 penalty
++ optional LeCam regulariser; it is run and trained only from loss.adv_start_step on (before,
+a step costs the autoencoder alone). The generator's EMA is kept in the state. The generator and
 discriminator states are one pytree: TrainState(params, opt_state, extra={disc_params,
 disc_opt_state, ema_params, lecam_real, lecam_fake}).
 """
@@ -154,16 +155,21 @@ class VQGANTask:
     lc = self.loss_cfg
     del rng  # the stage is deterministic given the batch
     img = batch["image"]
-    adv_on = (state.step >= lc.adv_start_step).astype(jnp.float32)
+    # With adversarial_weight 0 the discriminator never runs (the demo preset).
+    adv_on = (state.step >= lc.adv_start_step) & (lc.adversarial_weight > 0)
     disc_params = state.extra["disc_params"]
+
+    # Before adv_start_step the discriminator is neither run nor trained: lax.cond executes only
+    # the taken branch, so the early steps cost the autoencoder alone.
+    def g_adv_term(rec):
+      return jnp.mean(jax.nn.softplus(-self.disc.apply({"params": disc_params}, rec)))
 
     def gen_loss(params):
       rec, ids, vq = self._reconstruct(params, img)
       err = rec - img
       rec_loss = jnp.mean(jnp.abs(err)) if lc.reconstruction == "l1" else jnp.mean(err ** 2)
-      g_adv = jnp.mean(jax.nn.softplus(-self.disc.apply({"params": disc_params}, rec)))
-      loss = lc.reconstruction_weight * rec_loss + vq["vq_loss"] + (
-          lc.adversarial_weight * adv_on * g_adv)
+      g_adv = jax.lax.cond(adv_on, g_adv_term, lambda r: jnp.zeros((), jnp.float32), rec)
+      loss = lc.reconstruction_weight * rec_loss + vq["vq_loss"] + lc.adversarial_weight * g_adv
       return loss, (rec, ids, dict(vq, rec_loss=rec_loss, g_adv=g_adv))
 
     (loss, (rec, ids, aux)), grads = jax.value_and_grad(gen_loss, has_aux=True)(state.params)
@@ -182,26 +188,33 @@ class VQGANTask:
       r1_grads = jax.grad(lambda x: jnp.sum(self.disc.apply({"params": dp}, x)))(img)
       r1 = jnp.mean(jnp.sum(r1_grads ** 2, axis=(1, 2, 3)))
       total = loss + lc.lecam_weight * lecam + 0.5 * lc.r1_gamma * r1
-      return total, (real, fake, r1, loss)
+      return total, (real.mean(), fake.mean(), r1, loss)
 
-    (d_total, (real, fake, r1, d_loss)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
-        disc_params)
-    d_updates, d_opt = self.disc_tx.update(d_grads, state.extra["disc_opt_state"], disc_params)
-    new_disc = optax.apply_updates(disc_params, d_updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(adv_on > 0, n, o), new, old)  # noqa: E731
+    def disc_update(_):
+      (_, stats), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(disc_params)
+      d_updates, d_opt = self.disc_tx.update(d_grads, state.extra["disc_opt_state"], disc_params)
+      return optax.apply_updates(disc_params, d_updates), d_opt, stats
+
+    def disc_skip(_):
+      zero = jnp.zeros((), jnp.float32)
+      return disc_params, state.extra["disc_opt_state"], (zero, zero, zero, zero)
+
+    new_disc, d_opt, (real, fake, r1, d_loss) = jax.lax.cond(adv_on, disc_update, disc_skip, None)
+    lecam = lambda ema, x: jnp.where(  # noqa: E731
+        adv_on, lc.lecam_decay * ema + (1 - lc.lecam_decay) * x, ema)
     decay = lc.ema_decay
     extra = {
-        "disc_params": keep(new_disc, disc_params),
-        "disc_opt_state": keep(d_opt, state.extra["disc_opt_state"]),
+        "disc_params": new_disc,
+        "disc_opt_state": d_opt,
         "ema_params": jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
                                    state.extra["ema_params"], params),
-        "lecam_real": lc.lecam_decay * state.extra["lecam_real"] + (1 - lc.lecam_decay) * real.mean(),
-        "lecam_fake": lc.lecam_decay * state.extra["lecam_fake"] + (1 - lc.lecam_decay) * fake.mean(),
+        "lecam_real": lecam(state.extra["lecam_real"], real),
+        "lecam_fake": lecam(state.extra["lecam_fake"], fake),
     }
     pr = self.model_cfg.pixel_range
     metrics = {
         "loss": loss, "grad_norm": optax.tree.norm(grads), "disc_loss": d_loss, "r1": r1,
-        "logits_real": real.mean(), "logits_fake": fake.mean(),
+        "logits_real": real, "logits_fake": fake,
         "psnr": recon.psnr(_to_unit(rec_sg, pr), _to_unit(img, pr)).mean(),
         **{k: v for k, v in aux.items()},
     }
