@@ -5,6 +5,7 @@ killed mid-save leaves no loadable half-written step; `latest_step` only sees fi
 Restores go straight into the target shardings, which may belong to a different mesh.
 """
 import json
+import logging as std_logging
 import os
 
 import grain
@@ -142,6 +143,23 @@ def load_params(path, prefer_ema: bool = True) -> dict:
   device, whatever mesh wrote it; the EMA params when saved (prefer_ema). The optimizer state is
   not read."""
   directory = step_dir(path) / "state"
+  quiet = _NoStepMetadataWarning()
+  std_logging.getLogger("absl").addFilter(quiet)
+  try:
+    return _read_params(directory, prefer_ema)
+  finally:
+    std_logging.getLogger("absl").removeFilter(quiet)
+
+
+class _NoStepMetadataWarning(std_logging.Filter):
+  """Reading the `state` item of a step directory on its own, orbax warns that the item has no
+  _CHECKPOINT_METADATA (that file lives one level up, in the step directory): not a problem."""
+
+  def filter(self, record):
+    return "_CHECKPOINT_METADATA" not in record.getMessage()
+
+
+def _read_params(directory, prefer_ema: bool) -> dict:
   with ocp.PyTreeCheckpointer() as reader:
     meta = reader.metadata(directory)
     meta = dict(getattr(meta, "item_metadata", meta).tree)
