@@ -77,24 +77,22 @@ def test_text_drop_fraction():
 
 
 def test_remat_policies_keep_the_gradients_and_recompute():
-  """Every model.remat policy gives the same loss and gradients as keeping everything; the
+  """The model.remat policies give the same gradients as keeping everything; the
   rematerialising ones really wrap the layer in a checkpoint (visible in the jaxpr), and an
-  unknown policy name fails with the choices."""
+  unknown policy name fails with the choices. ("dots_no_batch" is wired exactly like "dots":
+  left out to keep the default test run short.)"""
   import pytest
+  _, params, batch = _setup()                 # the same params and batch for every policy
   grads, jaxprs = {}, {}
-  for policy in ("none", "dots", "dots_no_batch", "full"):
+  for policy in ("none", "dots", "full"):
     config = helpers.tiny_base()
     config.model.remat = policy
     task = tasks.get_task(config)
-    params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x,
-                          task.init_params(jax.random.key(0)),
-                          is_leaf=lambda x: hasattr(x, "unbox"))
-    src = task.make_source()
-    batch = {k: jnp.stack([src[i][k] for i in range(4)]) for k in ("tokens", "txt", "txt_mask")}
     fn = jax.grad(lambda p: task.loss_fn(p, batch, jax.random.key(1))[0])
-    grads[policy] = fn(params)
-    jaxprs[policy] = str(jax.make_jaxpr(fn)(params))
-  for policy in ("dots", "dots_no_batch", "full"):
+    jaxpr = jax.make_jaxpr(fn)(params)
+    jaxprs[policy] = str(jaxpr)
+    grads[policy] = jax.core.eval_jaxpr(jaxpr.jaxpr, jaxpr.consts, *jax.tree.leaves(params))
+  for policy in ("dots", "full"):
     chex.assert_trees_all_close(grads[policy], grads["none"], rtol=1e-5, atol=1e-6)
     assert "checkpoint" in jaxprs[policy] or "remat" in jaxprs[policy], policy
   assert "checkpoint" not in jaxprs["none"] and "remat" not in jaxprs["none"]
