@@ -201,6 +201,12 @@ def test_eval_cli_on_a_tokenizer(tmp_path):
   mse = ((x - y) ** 2).mean(axis=(1, 2, 3))
   np.testing.assert_allclose(report["psnr"], np.mean(10 * np.log10(1 / mse)), rtol=1e-3)
   assert "| psnr |" in (out / "report.md").read_text()
+  # The reconstructions' prompt alignment, recomputed from the numpy reconstructions above.
+  _, captions = evaluate.load_scenes(10, 16)
+  expected = alignment.alignment(y, captions)
+  assert report["recon_alignment"] == pytest.approx(
+      {k: v for k, v in expected.items()}, nan_ok=True)
+  assert "ceiling of a generator" in (out / "report.md").read_text()
 
 
 def test_eval_cli_errors(tmp_path, capsys):

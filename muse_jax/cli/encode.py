@@ -111,7 +111,11 @@ class Tokenizer:
     return np.asarray(self._encode(self.params, self._padded(img01_BxHxWx3, batch), resolution))[:n]
 
   def decode(self, ids_Bxhxw, batch: int):
-    """ids -> images in [0, 1] (numpy float32)."""
+    """ids [B, h, w] -> images in [0, 1] (numpy float32)."""
+    if np.ndim(ids_Bxhxw) != 3:
+      raise UsageError(f"decode takes token ids shaped [batch, height, width], got shape "
+                       f"{np.shape(ids_Bxhxw)} (encode returns them flattened to [batch, h*w]: "
+                       f"reshape them to the token grid first)")
     n = len(ids_Bxhxw)
     return np.asarray(self._decode(self.params, self._padded(ids_Bxhxw, batch)))[:n]
 

@@ -8,7 +8,8 @@ r"""muse-eval: quality report of a tokenizer or a text-to-image generator -> rep
 Tokenizer (a muse-convert folder, or a `vqgan` / `decoder_finetune` workdir): reconstruction PSNR
 and SSIM (muse_jax/metrics/recon.py) and codebook usage (distinct codes used, and the perplexity
 of their histogram) over --num-images images of --data ("scenes": the built-in data set's
-eval_seen split; or a folder of images).
+eval_seen split; or a folder of images). On the scenes, also the prompt alignment of the
+reconstructions against their captions: the ceiling of any generator that uses this tokenizer.
 
 Generator (a `base` workdir + --tokenizer, via muse_jax.pipeline; or any `sample(prompts, seed,
 guidance, temperature) -> [B, H, W, 3] in [0, 1]` callable through `evaluate_generator`): for
@@ -45,8 +46,7 @@ def load_images(data: str, num_images: int, resolution: int, seed: int = 0) -> n
   """[N, R, R, 3] float32 in [0, 1]: the scenes eval_seen split, or a folder's images (sorted,
   centre-cropped to a square and resized)."""
   if data == "scenes":
-    source = scenes.SceneSource(num_images, resolution, seed=seed, split="eval_seen")
-    return np.stack([source[i]["image"] for i in range(num_images)]).astype(np.float32) / 255.0
+    return load_scenes(num_images, resolution, seed)[0]
   if not os.path.isdir(data):
     raise UsageError(f"--data {data!r} is neither 'scenes' nor a folder of images")
   files = sorted(f for f in glob.glob(os.path.join(data, "**", "*"), recursive=True)
@@ -68,17 +68,29 @@ def load_images(data: str, num_images: int, resolution: int, seed: int = 0) -> n
   return np.stack(out)
 
 
+def load_scenes(num_images: int, resolution: int, seed: int = 0) -> tuple:
+  """(images [N, R, R, 3] float32 in [0, 1], captions) of the scenes' eval_seen split."""
+  source = scenes.SceneSource(num_images, resolution, seed=seed, split="eval_seen")
+  recs = [source[i] for i in range(num_images)]
+  return (np.stack([r["image"] for r in recs]).astype(np.float32) / 255.0,
+          [r["caption"] for r in recs])
+
+
 # ------------------------------------------------------------------------------------------------
 # Tokenizer.
 
-def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int) -> dict:
+def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int,
+                       captions=None) -> dict:
+  """PSNR, SSIM and code usage of encode -> decode; with the images' scene captions, also the
+  prompt alignment of the reconstructions: the most any generator using this tokenizer can
+  score on those prompts."""
   import jax
   from muse_jax.cli import encode as encode_cli
   from muse_jax.metrics import recon
   tok = encode_cli.Tokenizer(path, encode_cli._local_mesh())  # noqa: SLF001
   batch = math.ceil(batch_size / tok.shards) * tok.shards
   res = images_NxRxRx3.shape[1]
-  psnrs, ssims, ids = [], [], []
+  psnrs, ssims, ids, recons = [], [], [], []
   for s in range(0, len(images_NxRxRx3), batch):
     x = images_NxRxRx3[s:s + batch]
     codes = tok.encode(x, res, batch)
@@ -87,10 +99,14 @@ def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int) -
     psnrs.append(np.asarray(recon.psnr(jax.numpy.asarray(x), jax.numpy.asarray(y))))
     ssims.append(np.asarray(recon.ssim(jax.numpy.asarray(x), jax.numpy.asarray(y))))
     ids.append(codes.ravel())
+    recons.append(np.clip(y, 0.0, 1.0))
   ids = np.concatenate(ids)
   hist = np.bincount(ids, minlength=tok.cfg.codebook_size) / len(ids)
   nz = hist[hist > 0]
-  return {"kind": "tokenizer", "checkpoint": path, "num_images": int(len(images_NxRxRx3)),
+  extra = {}
+  if captions is not None:
+    extra["recon_alignment"] = alignment.alignment(np.concatenate(recons), captions)
+  return {**extra, "kind": "tokenizer", "checkpoint": path, "num_images": int(len(images_NxRxRx3)),
           "resolution": int(res), "psnr": float(np.concatenate(psnrs).mean()),
           "ssim": float(np.concatenate(ssims).mean()),
           "codebook_size": int(tok.cfg.codebook_size), "codes_used": int((hist > 0).sum()),
@@ -205,6 +221,13 @@ def _markdown(report: dict) -> str:
               "codebook_size", "codebook_usage", "code_perplexity"):
       v = report[k]
       lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    if "recon_alignment" in report:
+      a = report["recon_alignment"]
+      lines += ["", "Prompt alignment of the reconstructions (the ceiling of a generator using "
+                "this tokenizer):", "",
+                "| all | colour | shape | position | size | count |", "| --- " * 6 + "|",
+                "| " + " | ".join(f"{a[k]:.3f}" if a[k] is not None else "-" for k in
+                                  ("all", "colour", "shape", "position", "size", "count")) + " |"]
     return "\n".join(lines) + "\n"
   lines += [f"{report['num_prompts_per_split']} prompts per split, seed {report['seed']}.", "",
             "| guidance | temperature | split | all | colour | shape | position | size | count "
@@ -281,8 +304,12 @@ def main(argv=None) -> int:
       raise UsageError(f"--num-images must be >= 2, got {args.num_images}")
     kind = _checkpoint_kind(args.checkpoint)
     if kind == "tokenizer":
-      images = load_images(args.data, args.num_images, args.resolution, args.seed)
-      report = evaluate_tokenizer(args.checkpoint, images, args.batch_size)
+      captions = None
+      if args.data == "scenes":
+        images, captions = load_scenes(args.num_images, args.resolution, args.seed)
+      else:
+        images = load_images(args.data, args.num_images, args.resolution, args.seed)
+      report = evaluate_tokenizer(args.checkpoint, images, args.batch_size, captions)
     else:
       if not args.tokenizer:
         raise UsageError("a generator checkpoint needs --tokenizer (muse-convert folder or "
