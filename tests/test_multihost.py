@@ -1,7 +1,7 @@
 """The real entry point as 2 local processes x 4 CPU devices (jax.distributed over gloo), for every
 stage: the losses equal a single-process run on the same (data, fsdp, tensor) = (2, 2, 2) mesh;
-the base run stops at a checkpoint and a second launch resumes it. (Decoder finetuning's test is
-marked slow.)"""
+the base run stops at a checkpoint and a second launch resumes it. (Decoder finetuning's and super-res's
+tests are marked slow, to keep the default run under 15 minutes.)"""
 import subprocess
 
 import numpy as np
@@ -70,6 +70,8 @@ def test_base_two_processes_match_single_process_and_resume(tmp_path):
                dict(CONSTANT_LR, **{"checkpoint.every": 3}), stop=6, steps=9)
 
 
+@pytest.mark.slow   # ~80 s; moved out of the default run to keep it under 15 minutes (the base
+                    # test covers the shared multi-process loop; test_superres the stage itself)
 def test_superres_two_processes_match_single_process(tmp_path):
   # One launch: resuming across launches is the base test's (the same loop and checkpointer).
   _check_stage(tmp_path, "superres", superres, "configs/superres.py:size=tiny",

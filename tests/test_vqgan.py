@@ -139,11 +139,18 @@ def trained_tokenizer(tmp_path_factory):
   return workdir
 
 
-def test_decoder_finetune_keeps_encoder_and_codebook_and_token_ids(tmp_path, trained_tokenizer):
+def test_decoder_finetune_keeps_encoder_and_codebook_and_token_ids_and_resumes(
+    tmp_path, trained_tokenizer):
   trained = ckpt_lib.load_params(trained_tokenizer)
-  ft = _config(ft_config, **{"train.num_steps": 3, "init_from": str(trained_tokenizer)})
+  ft = _config(ft_config, **{"train.num_steps": 3, "init_from": str(trained_tokenizer),
+                              "checkpoint.every": 2, "optim.decay": "constant"})
   out = loop.run(ft, tmp_path / "ft")
   assert sorted(out["losses"]) == [1, 2, 3]
+  # Resumes like the other stages: a workdir holding only the step-2 checkpoint repeats step 3.
+  shutil.copytree(tmp_path / "ft" / "checkpoints" / "2", tmp_path / "ft2" / "checkpoints" / "2")
+  resumed = loop.run(ft, tmp_path / "ft2")
+  assert resumed["start_step"] == 2 and sorted(resumed["losses"]) == [3]
+  np.testing.assert_allclose(resumed["losses"][3], out["losses"][3], rtol=1e-5)
   tuned = ckpt_lib.load_params(tmp_path / "ft", prefer_ema=False)
   for name in ("encoder", "quantizer"):
     for x, y in zip(jax.tree.leaves(trained[name]), jax.tree.leaves(tuned[name])):
