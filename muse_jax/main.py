@@ -2,7 +2,6 @@
 
   python -m muse_jax.main --config=configs/base.py:size=tiny --workdir=/tmp/muse_base
 """
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # here, not at the top: run_main may re-exec the process first (hostenv)
   if _COORDINATOR.value or _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)

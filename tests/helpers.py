@@ -22,7 +22,9 @@ def tiny_base(**overrides):
 
 def subprocess_env(num_devices: int = 8) -> dict:
   env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices),
+  # MUSE_NO_HUGEPAGES: no hostenv re-exec (a second interpreter start per launch); what these
+  # tests check does not depend on it, and tests/test_hostenv.py tests the re-exec itself.
+  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices), MUSE_NO_HUGEPAGES="1",
              PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
   return env
 

@@ -36,6 +36,8 @@ def stage_configs(workdir: str, quick: bool) -> dict:
       common.override(config, {"train.num_steps": 12, "checkpoint.every": 12,
                                "train.log_every": 4, "optim.warmup_steps": 2})
     common.override(vq, {"train.eval_every": 12})
+    for config in (b, sr):   # 12 steps are mostly compilation, which remat lengthens
+      common.override(config, {"model.remat": "none"})
   return {"vq": vq, "base": b, "superres": sr}
 
 
