@@ -13,8 +13,9 @@ the masking, loss and optimizer) on one device, and prints
     dtype, measured in this process on the same thread pool as the train step, before and after
     the timed steps;
   * MFU = analytic FLOPs / median step time / peak.
-Runs in about 1.5 minutes on a 2-core host with the defaults. Like muse-train, it re-executes
-itself with glibc.malloc.hugetlb=1 (muse_jax/hostenv.py; MUSE_NO_HUGEPAGES=1 to measure without). JAX_PLATFORMS defaults to cpu here.
+Runs in about 1.5 minutes on a 2-core host with the defaults. JAX_PLATFORMS defaults to cpu here.
+Like muse-train, it re-executes itself with glibc.malloc.hugetlb=1 (muse_jax/hostenv.py;
+MUSE_NO_HUGEPAGES=1 measures without).
 """
 import argparse
 import os

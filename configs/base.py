@@ -17,10 +17,8 @@ Presets (parameter counts from `jax.eval_shape` of init, tests/test_configs.py c
   3b         Table 4: 48 layers, hidden 2048, MLP 8192, 16 heads (head dim 128): 3.27B params
              (+9%: cross-attention in every layer, 8.4M text projection and 21M output head are
              counted here; the paper's rounding is unknown).
-Rematerialisation (model.remat, muse_jax/models/layers.py REMAT_POLICIES): "full" at paper scale,
-where activations bound the batch per chip; "dots" (keep matmul outputs, recompute the elementwise
-ops) elsewhere, which on the CPU is both faster and smaller than keeping everything; "none" for
-tiny, whose steps are dominated by compilation (remat makes it longer).
+Rematerialisation (model.remat): configs/common.py `remat` ("full" at paper scale, "none" for
+tiny, "dots" otherwise).
 Paper optimisation (Table 4): Adafactor b1 0.9, b2 0.96, lr 1e-4, weight decay 0.045, batch 512,
 5k warm-up steps, cosine decay.
 """
@@ -55,8 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "codebook_size": p["codebook_size"], "grid_size": p["grid_size"], "text_dim": p["text_dim"],
       "hidden_size": p["hidden_size"], "num_layers": p["num_layers"],
       "num_heads": p["num_heads"], "mlp_dim": p["mlp_dim"], "vocab_pad_multiple": 128,
-      "remat": {"tiny": "none"}.get(args.size, "full" if paper else "dots"),
-      "dtype": "bfloat16" if paper else "float32",
+      "remat": common.remat(args.size, paper), "dtype": "bfloat16" if paper else "float32",
   })
   common.masked_token_sections(config, p["text_dim"], p["text_length"])
   config.data = ml_collections.ConfigDict({

@@ -23,6 +23,16 @@ def check_size(size: str, presets) -> None:
     raise ValueError(f"unknown size preset {size!r}; expected one of {sorted(presets)}")
 
 
+def remat(size: str, paper: bool) -> str:
+  """model.remat of a transformer preset (muse_jax/models/layers.py REMAT_POLICIES): "full" at
+  paper scale, where activations bound the batch per chip; "none" for tiny, whose steps are
+  mostly compilation (remat lengthens it); otherwise "dots" (keep matmul outputs, recompute the
+  elementwise ops), which on the CPU is both faster and smaller than keeping everything."""
+  if paper:
+    return "full"
+  return "none" if size == "tiny" else "dots"
+
+
 def mesh(data=-1, fsdp=1, tensor=1) -> ml_collections.ConfigDict:
   """Mesh over (data, fsdp, tensor); one axis may be -1 to take the remaining devices."""
   return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})

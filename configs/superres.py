@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       k: p[k] for k in ("codebook_size", "lo_codebook_size", "lo_grid_size", "hi_grid_size",
                         "text_dim", "hidden_size", "lo_num_layers", "hi_num_layers", "num_heads",
                         "mlp_dim")})
-  config.model.update({"vocab_pad_multiple": 128, "remat": {"tiny": "none"}.get(args.size, "full" if paper else "dots"),
+  config.model.update({"vocab_pad_multiple": 128, "remat": common.remat(args.size, paper),
                        "dtype": "bfloat16" if paper else "float32"})
   common.masked_token_sections(config, p["text_dim"], p["text_length"])
   config.data = ml_collections.ConfigDict({

@@ -103,15 +103,15 @@ def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int,
   ids = np.concatenate(ids)
   hist = np.bincount(ids, minlength=tok.cfg.codebook_size) / len(ids)
   nz = hist[hist > 0]
-  extra = {}
+  report = {"kind": "tokenizer", "checkpoint": path, "num_images": int(len(images_NxRxRx3)),
+            "resolution": int(res), "psnr": float(np.concatenate(psnrs).mean()),
+            "ssim": float(np.concatenate(ssims).mean()),
+            "codebook_size": int(tok.cfg.codebook_size), "codes_used": int((hist > 0).sum()),
+            "codebook_usage": float((hist > 0).mean()),
+            "code_perplexity": float(np.exp(-(nz * np.log(nz)).sum()))}
   if captions is not None:
-    extra["recon_alignment"] = alignment.alignment(np.concatenate(recons), captions)
-  return {**extra, "kind": "tokenizer", "checkpoint": path, "num_images": int(len(images_NxRxRx3)),
-          "resolution": int(res), "psnr": float(np.concatenate(psnrs).mean()),
-          "ssim": float(np.concatenate(ssims).mean()),
-          "codebook_size": int(tok.cfg.codebook_size), "codes_used": int((hist > 0).sum()),
-          "codebook_usage": float((hist > 0).mean()),
-          "code_perplexity": float(np.exp(-(nz * np.log(nz)).sum()))}
+    report["recon_alignment"] = alignment.alignment(np.concatenate(recons), captions)
+  return report
 
 
 # ------------------------------------------------------------------------------------------------
