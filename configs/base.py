@@ -56,11 +56,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "remat": common.remat(args.size, paper), "dtype": "bfloat16" if paper else "float32",
   })
   common.masked_token_sections(config, p["text_dim"], p["text_length"])
-  config.data = ml_collections.ConfigDict({
-      # "preencoded": shards from muse-encode at `path` (a glob); "synthetic": a stand-in.
-      "source": "synthetic", "path": "", "num_examples": 4096, "seed": 0,
-      "text_length": p["text_length"], "num_threads": 4,
-  })
+  # tiny / cpu-bench (tests, benchmarks): synthetic tokens; demo: the built-in scenes through a
+  # frozen tokenizer (set data.tokenizer; muse-demo uses pre-encoded shards instead); paper
+  # presets: muse-encode shards (set data.path).
+  source = {"tiny": "synthetic", "cpu-bench": "synthetic", "demo": "scenes"}.get(args.size,
+                                                                                "preencoded")
+  config.data = common.masked_token_data(
+      source, p["text_length"], {"tokenizer": ("resolution", p["grid_size"] * 16)},
+      scene_resolution=p["grid_size"] * 16)
+  config.data.num_examples = 4096 if source == "synthetic" else 50_000
   if args.size == "tiny":
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5

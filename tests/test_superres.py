@@ -198,4 +198,4 @@ def test_bad_config_is_a_clear_error(overrides, message):
 
 def test_unknown_data_source_is_a_clear_error():
   with pytest.raises(ValueError, match="not available for stage 'superres'"):
-    tasks.get_task(_config(**{"data.source": "tfds"})).make_source()
+    tasks.get_task(_config(**{"data.source": "laion"})).make_source()

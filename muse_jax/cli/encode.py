@@ -38,6 +38,7 @@ import tqdm
 from muse_jax import checkpoint
 from muse_jax.convert import vq
 from muse_jax.data import preencoded, preprocess, sources
+from muse_jax.models import vqgan
 from muse_jax.models.vqgan import VQGAN
 from muse_jax.parallel import axes, mesh as mesh_lib
 
@@ -82,12 +83,7 @@ class Tokenizer:
     lo, hi = self.cfg.pixel_range
 
     def encode(p, img01_BxHxWx3, resolution):
-      b = img01_BxHxWx3.shape[0]
-      if img01_BxHxWx3.shape[1] != resolution:
-        img01_BxHxWx3 = jax.image.resize(img01_BxHxWx3, (b, resolution, resolution, 3),
-                                         "linear", antialias=True)
-      img = img01_BxHxWx3 * (hi - lo) + lo
-      return self.model.apply({"params": p}, img, method=self.model.encode).reshape(b, -1)
+      return vqgan.encode_unit_images(self.model, p, img01_BxHxWx3, resolution)
 
     def decode(p, ids_Bxhxw):
       img = self.model.apply({"params": p}, ids_Bxhxw, method=self.model.decode)

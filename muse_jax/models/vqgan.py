@@ -285,3 +285,16 @@ class VQGAN(nn.Module):
   def decode(self, ids):
     """ids_Bxhxw -> img_Bx(h f)x(w f)x3 float32 in cfg.pixel_range (not clipped)."""
     return self._pixels(self.quantizer.lookup(ids))
+
+
+def encode_unit_images(model: VQGAN, params, img01_BxHxWx3, resolution: int):
+  """Images in [0, 1] -> ids_BxN int32 (N = (resolution / f)^2), resized (linear, antialiased)
+  to `resolution` first when their side differs; maps [0, 1] to the model's pixel_range. The
+  jittable encoding step shared by muse-encode and training from raw images."""
+  b = img01_BxHxWx3.shape[0]
+  if img01_BxHxWx3.shape[1] != resolution:
+    img01_BxHxWx3 = jax.image.resize(img01_BxHxWx3, (b, resolution, resolution, 3), "linear",
+                                     antialias=True)
+  lo, hi = model.cfg.pixel_range
+  img = img01_BxHxWx3 * (hi - lo) + lo
+  return model.apply({"params": params}, img, method=model.encode).reshape(b, -1)

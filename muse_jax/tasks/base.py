@@ -15,6 +15,7 @@ from muse_jax import masking
 from muse_jax.data import preencoded, synthetic
 from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
 from muse_jax.parallel import axes
+from muse_jax.tasks import online
 from muse_jax.train import step as step_lib
 
 
@@ -65,6 +66,13 @@ class BaseTask:
     self.model = MaskedTransformer(self.model_cfg)
     self.text_length = int(config.data.text_length)
     self.progress_metrics = ("masked_acc",)
+    self.online = None
+    if config.data.source in online.RAW_SOURCES:
+      c = self.model_cfg
+      self.online = online.OnlineEncoder(
+          config, [online.Target("tokens", "tokenizer", "resolution", c.grid_size,
+                                 c.codebook_size, "grid_size")],
+          self.text_length, c.text_dim, "base")
 
   # Shapes -------------------------------------------------------------------------------------
   def batch_spec(self, batch_size: int) -> dict:
@@ -106,8 +114,12 @@ class BaseTask:
 
   # Data ---------------------------------------------------------------------------------------
   def make_source(self):
-    """Pre-tokenized examples: "preencoded" shards (muse-encode) or the "synthetic" stand-in."""
+    """Pre-tokenized examples ("preencoded" shards from muse-encode, or the "synthetic" stand-in
+    of the tests and benchmarks), or raw image–caption sources through the frozen tokenizer and
+    text encoder (tasks/online.py)."""
     d = self.config.data
+    if self.online is not None:
+      return self.online.make_source()
     if d.source == "preencoded":
       source = preencoded.PreEncodedSource(d.path, self.text_length)
       source.check({"tokens": self.model_cfg.seq_len, "txt": self.model_cfg.text_dim},
@@ -119,10 +131,11 @@ class BaseTask:
           num_examples=d.num_examples, seq_len=c.seq_len, codebook_size=c.codebook_size,
           text_length=self.text_length, text_dim=c.text_dim, seed=d.seed)
     raise ValueError(f"data.source={d.source!r} is not available for stage 'base'; expected "
-                     f"'preencoded' (token ids + text states written by muse-encode) or "
-                     f"'synthetic'")
+                     f"'preencoded' (token ids + text states written by muse-encode), a raw "
+                     f"image source {online.RAW_SOURCES} with data.tokenizer, or 'synthetic'")
 
   def make_transform(self, counter):
-    """Records are already tokens and text states: no per-example transform."""
-    del counter
+    """Raw images: decode, crop, tokenize captions. Pre-encoded records need no transform."""
+    if self.online is not None:
+      return self.online.make_transform(counter)
     return None

@@ -15,6 +15,7 @@ from muse_jax.data import preencoded, preprocess, synthetic_pairs
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.parallel import axes
 from muse_jax.tasks import base as base_task
+from muse_jax.tasks import online
 from muse_jax.tasks.base import MaskingConfig, masked_token_loss
 from muse_jax.train import step as step_lib
 
@@ -63,6 +64,15 @@ class SuperResTask:
     if self.text_length <= 0:
       raise ValueError(f"data.text_length must be positive, got {self.text_length}")
     self.progress_metrics = ("masked_acc",)
+    self.online = None
+    if config.data.source in online.RAW_SOURCES:
+      c = self.model_cfg
+      self.online = online.OnlineEncoder(
+          config, [online.Target("tokens_lo", "tokenizer", "resolution", c.lo_grid_size,
+                                 c.lo_codebook_size, "lo_grid_size"),
+                   online.Target("tokens", "tokenizer_hi", "resolution_hi", c.hi_grid_size,
+                                 c.codebook_size, "hi_grid_size")],
+          self.text_length, c.text_dim, "superres")
 
   # Shapes -------------------------------------------------------------------------------------
   def batch_spec(self, batch_size: int) -> dict:
@@ -112,9 +122,13 @@ class SuperResTask:
   # Data ---------------------------------------------------------------------------------------
   def make_source(self):
     """"preencoded" shards with base ids ("tokens") and super-res ids ("tokens_hi"), or the
-    "synthetic" stand-in."""
+    "synthetic" stand-in of the tests and benchmarks, or raw image–caption sources through the
+    frozen tokenizers (data.tokenizer at data.resolution for the low-res ids, data.tokenizer_hi
+    at data.resolution_hi for the high-res ones) and text encoder (tasks/online.py)."""
     d = self.config.data
     c = self.model_cfg
+    if self.online is not None:
+      return self.online.make_source()
     if d.source == "preencoded":
       return preencoded.PreEncodedSource(d.path, self.text_length)
     if d.source == "synthetic":
@@ -124,10 +138,14 @@ class SuperResTask:
           text_length=self.text_length, text_dim=c.text_dim, seed=d.seed)
     raise ValueError(f"data.source={d.source!r} is not available for stage 'superres'; expected "
                      f"'preencoded' (base and super-res token ids + text states written by "
-                     f"muse-encode) or 'synthetic'")
+                     f"muse-encode), a raw image source {online.RAW_SOURCES} with "
+                     f"data.tokenizer and data.tokenizer_hi, or 'synthetic'")
 
   def make_transform(self, counter):
-    """Pre-encoded records are renamed into pairs; synthetic ones already are."""
+    """Pre-encoded records are renamed into pairs; synthetic ones already are; raw images are
+    decoded and cropped and their captions tokenized."""
+    if self.online is not None:
+      return self.online.make_transform(counter)
     if self.config.data.source == "preencoded":
       return PreEncodedPairs(self.model_cfg, counter)
     return None

@@ -58,6 +58,12 @@ class Setup:
     self.batch_abstract = {k: v[0] for k, v in spec.items()}
     self.batch_shardings = {k: mesh_lib.logical_sharding(self.mesh, self.rules, v[1])
                             for k, v in spec.items()}
+    # Stages trained from raw images through frozen models (tasks/online.py) get host batches of
+    # another form, turned into `spec`'s on the devices each step.
+    self.online = getattr(self.task, "online", None)
+    host_spec = self.online.host_spec(self.global_batch) if self.online is not None else spec
+    self.host_shardings = {k: mesh_lib.logical_sharding(self.mesh, self.rules, v[1])
+                           for k, v in host_spec.items()}
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
   @contextlib.contextmanager
@@ -150,6 +156,8 @@ def run(config, workdir: str, devices=None) -> dict:
   cfg = config.train
   num_steps = int(cfg.num_steps)
 
+  if setup.online is not None:     # frozen tokenizer / text encoder: checked and placed first
+    setup.online.load(setup.mesh, setup.rules, setup.batch_shardings)
   compiled = setup.lower_train_step().compile()
   logging.info("train step compiled for mesh %s; %s", dict(setup.mesh.shape),
                memory_report(compiled))
@@ -228,7 +236,9 @@ def run(config, workdir: str, devices=None) -> dict:
   try:
     for step in range(start, num_steps):
       local = next(data_iter)
-      batch = pipeline.to_global_batch(local, setup.batch_shardings)
+      batch = pipeline.to_global_batch(local, setup.host_shardings)
+      if setup.online is not None:
+        batch = setup.online(batch)
       state, metrics = compiled(state, batch, base_rng)
       if pending is not None:
         consume(*pending)        # step t-1's metrics, read after step t was dispatched
