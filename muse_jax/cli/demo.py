@@ -79,14 +79,14 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="muse-demo", description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="/tmp/muse_demo")
   parser.add_argument("--quick", action="store_true", help="a few steps per stage (tests)")
-  parser.add_argument("--num-examples", type=int, help="scenes to encode (default 20000; "
+  parser.add_argument("--num-examples", type=int, help="scenes to encode (default 12000; "
                       "quick 256)")
   parser.add_argument("--num-prompts", type=int, help="prompts per split to sample (default 48;"
                       " quick 4)")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   quick = args.quick
-  num_examples = args.num_examples or (256 if quick else 20_000)
+  num_examples = args.num_examples or (256 if quick else 12_000)
   num_prompts = args.num_prompts or (4 if quick else 48)
   os.makedirs(args.workdir, exist_ok=True)
   configs = stage_configs(args.workdir, quick)

@@ -18,6 +18,7 @@ example per step, needs no encoding pass first, and sees random crops afresh eve
 """
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +27,7 @@ from muse_jax.data import preprocess, sources
 from muse_jax.data.text import CaptionTokenizer
 from muse_jax.models import text_encoder as text_encoder_lib
 from muse_jax.models import vqgan
-from muse_jax.parallel import axes, mesh as mesh_lib
+from muse_jax.parallel import axes
 
 RAW_SOURCES = ("scenes", "folder", "webdataset", "tfds")
 
@@ -58,8 +59,7 @@ class OnlineEncoder:
     self.resolutions = {t.key: int(d[t.resolution_field]) for t in self.targets}
     self.image_cfg = preprocess.ImageConfig(resolution=max(self.resolutions.values()),
                                             crop=d.crop, flip=d.flip, value_range=(0.0, 1.0))
-    self.params = None
-    self._encode = None
+    self.params = self._encode = self._mesh = self._rules = None
 
   # Host side ----------------------------------------------------------------------------------
   def _check_paths(self):
@@ -139,10 +139,5 @@ class OnlineEncoder:
 
   def __call__(self, raw: dict) -> dict:
     """A global raw batch (jax.Arrays) -> the stage's batch, on the devices."""
-    import flax.linen as nn
     with jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules):
       return self._encode(self.params, raw)
-
-
-def host_shardings(mesh, rules, spec: dict) -> dict:
-  return {k: mesh_lib.logical_sharding(mesh, rules, v[1]) for k, v in spec.items()}
