@@ -64,7 +64,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = common.masked_token_data(
       source, p["text_length"], {"tokenizer": ("resolution", p["grid_size"] * 16)},
       scene_resolution=p["grid_size"] * 16)
-  config.data.num_examples = 4096 if source == "synthetic" else 50_000
   if args.size == "tiny":
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5

@@ -77,8 +77,7 @@ def image_text_data(side: int, **fields) -> ml_collections.ConfigDict:
   """config.data for the raw image–caption sources (muse_jax/data/sources.py): "scenes"
   (built-in), "folder" (path + captions_file), "webdataset" (path: glob of tar shards), "tfds"
   (path: dataset name, under tfds_data_dir or $TFDS_DATA_DIR), scenes rendered and images
-  cropped at `side` pixels. `fields` add stage-specific
-  entries or change these defaults."""
+  cropped at `side` pixels. `fields` add stage-specific entries or change these defaults."""
   data = ml_collections.ConfigDict({
       "source": "scenes", "path": "", "captions_file": "", "split": "train",
       "tfds_data_dir": "", "image_key": "image", "caption_key": "captions/text",
@@ -97,7 +96,8 @@ def masked_token_data(source: str, text_length: int, tokenizers: dict,
                   tokenizer(s) and text encoder at every step (muse_jax/tasks/online.py);
                   `tokenizers` maps each tokenizer-path field to its (resolution field, side);
     "synthetic"   random tokens and states: a stand-in for the tests and benchmarks only."""
-  fields = {"text_length": text_length}
+  fields = {"text_length": text_length,
+            "num_examples": 4096 if source == "synthetic" else 50_000}
   for path_field, (res_field, side) in tokenizers.items():
     fields.update({path_field: "", res_field: side})
   return image_text_data(scene_resolution, source=source, **fields)

@@ -70,7 +70,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source, p["text_length"], {"tokenizer": ("resolution", p["lo_grid_size"] * 16),
                                  "tokenizer_hi": ("resolution_hi", hi_side)},
       scene_resolution=hi_side)
-  config.data.num_examples = 4096 if source == "synthetic" else 50_000
   if args.size == "tiny":
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5

@@ -66,13 +66,10 @@ class BaseTask:
     self.model = MaskedTransformer(self.model_cfg)
     self.text_length = int(config.data.text_length)
     self.progress_metrics = ("masked_acc",)
-    self.online = None
-    if config.data.source in online.RAW_SOURCES:
-      c = self.model_cfg
-      self.online = online.OnlineEncoder(
-          config, [online.Target("tokens", "tokenizer", "resolution", c.grid_size,
-                                 c.codebook_size, "grid_size")],
-          self.text_length, c.text_dim, "base")
+    c = self.model_cfg
+    self.online = online.encoder_for(   # None unless data.source is a raw image source
+        config, [online.Target("tokens", "tokenizer", "resolution", c.grid_size, c.codebook_size,
+                               "grid_size")], self.text_length, c.text_dim, "base")
 
   # Shapes -------------------------------------------------------------------------------------
   def batch_spec(self, batch_size: int) -> dict:

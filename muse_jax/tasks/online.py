@@ -44,6 +44,13 @@ class Target:
   grid_field: str        # model config field named in errors
 
 
+def encoder_for(config, targets, text_length: int, text_dim: int, stage: str):
+  """The stage's OnlineEncoder when config.data.source is a raw image source, else None."""
+  if config.data.source not in RAW_SOURCES:
+    return None
+  return OnlineEncoder(config, targets, text_length, text_dim, stage)
+
+
 class OnlineEncoder:
   """Raw batches -> the stage's batch through frozen tokenizers and text encoder (see module)."""
 

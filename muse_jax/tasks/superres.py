@@ -64,15 +64,13 @@ class SuperResTask:
     if self.text_length <= 0:
       raise ValueError(f"data.text_length must be positive, got {self.text_length}")
     self.progress_metrics = ("masked_acc",)
-    self.online = None
-    if config.data.source in online.RAW_SOURCES:
-      c = self.model_cfg
-      self.online = online.OnlineEncoder(
-          config, [online.Target("tokens_lo", "tokenizer", "resolution", c.lo_grid_size,
-                                 c.lo_codebook_size, "lo_grid_size"),
-                   online.Target("tokens", "tokenizer_hi", "resolution_hi", c.hi_grid_size,
-                                 c.codebook_size, "hi_grid_size")],
-          self.text_length, c.text_dim, "superres")
+    c = self.model_cfg
+    self.online = online.encoder_for(   # None unless data.source is a raw image source
+        config, [online.Target("tokens_lo", "tokenizer", "resolution", c.lo_grid_size,
+                               c.lo_codebook_size, "lo_grid_size"),
+                 online.Target("tokens", "tokenizer_hi", "resolution_hi", c.hi_grid_size,
+                               c.codebook_size, "hi_grid_size")],
+        self.text_length, c.text_dim, "superres")
 
   # Shapes -------------------------------------------------------------------------------------
   def batch_spec(self, batch_size: int) -> dict:

@@ -61,9 +61,10 @@ class Setup:
     # Stages trained from raw images through frozen models (tasks/online.py) get host batches of
     # another form, turned into `spec`'s on the devices each step.
     self.online = getattr(self.task, "online", None)
-    host_spec = self.online.host_spec(self.global_batch) if self.online is not None else spec
-    self.host_shardings = {k: mesh_lib.logical_sharding(self.mesh, self.rules, v[1])
-                           for k, v in host_spec.items()}
+    self.host_shardings = self.batch_shardings
+    if self.online is not None:
+      self.host_shardings = {k: mesh_lib.logical_sharding(self.mesh, self.rules, v[1])
+                             for k, v in self.online.host_spec(self.global_batch).items()}
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
   @contextlib.contextmanager
