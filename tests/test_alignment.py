@@ -207,6 +207,27 @@ def test_eval_cli_on_a_tokenizer(tmp_path):
   assert report["recon_alignment"] == pytest.approx(
       {k: v for k, v in expected.items()}, nan_ok=True)
   assert "ceiling of a generator" in (out / "report.md").read_text()
+  # Codes on plain-background token patches (4x4 px at f = 4), recounted here.
+  ids = np.asarray(ids).reshape(10, 16)
+  grey = np.asarray(scenes.BACKGROUNDS[scenes.BACKGROUND]) / 255.0
+  plain = np.array([[np.abs(x[n, 4 * (t // 4):4 * (t // 4) + 4, 4 * (t % 4):4 * (t % 4) + 4]
+                            - grey).max() < 2 / 255 for t in range(16)] for n in range(10)])
+  assert report["background_token_fraction"] == pytest.approx(plain.mean())
+  assert report["background_codes"] == len(set(ids[plain].tolist()))
+  assert "| background_codes |" in (out / "report.md").read_text()
+
+
+def test_background_codes_counts_codes_and_bits_on_plain_patches():
+  from muse_jax.cli import evaluate
+  grey = np.asarray(scenes.BACKGROUNDS[scenes.BACKGROUND], np.float32) / 255.0
+  images = np.broadcast_to(grey, (2, 8, 8, 3)).copy()
+  images[0, :4, :4] = 1.0                                   # token 0 of image 0 holds an object
+  ids = np.array([[7, 1, 2, 2], [3, 3, 1, 2]])              # 2x2 tokens of 4 px
+  got = evaluate.background_codes(images, ids)
+  # plain patches: image 0 tokens 1-3 (codes 1, 2, 2), image 1 all (3, 3, 1, 2)
+  p = np.array([2, 3, 2]) / 7                               # codes 1, 2, 3
+  assert got == pytest.approx({"background_token_fraction": 7 / 8, "background_codes": 3,
+                               "background_code_entropy_bits": float(-(p * np.log2(p)).sum())})
 
 
 def test_eval_cli_errors(tmp_path, capsys):

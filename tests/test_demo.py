@@ -97,3 +97,22 @@ def test_quick_demo_end_to_end_resume_and_notebook(tmp_path, capsys, monkeypatch
   assert "base is trained" in capsys.readouterr().out
   # The Colab notebook: sample, reconstruct, inpaint, outpaint and mask-free edit, inline.
   _run_notebook(workdir, tmp_path, monkeypatch)
+
+
+def test_set_overrides_stage_configs_and_rejects_mistakes(capsys):
+  sets = demo.parse_sets(["base.train.num_steps=8000", "vq.model.channel_mult=(1,1,2,4)",
+                          "vq.loss.reconstruction=l1", "superres.optim.lr=3e-4"])
+  configs = demo.stage_configs("/tmp/unused", quick=False, sets=sets)
+  assert configs["base"].train.num_steps == 8000
+  assert tuple(configs["vq"].model.channel_mult) == (1, 1, 2, 4)
+  assert configs["vq"].loss.reconstruction == "l1" and configs["superres"].optim.lr == 3e-4
+  assert configs["superres"].train.num_steps == demo.stage_configs(
+      "/tmp/unused", quick=False)["superres"].train.num_steps     # other stages untouched
+  for bad, says in [("base.train.num_step=5", "has no field 'train.num_step'"),
+                    ("base.train.num_steps.x=5", "has no field"),
+                    ("base.train.num_steps=many", "cannot be casted"),
+                    ("decoder.train.num_steps=5", "STAGE one of"),
+                    ("base.train.num_steps", "STAGE.FIELD=VALUE")]:
+    with pytest.raises(SystemExit):
+      demo.main(["--workdir", "/tmp/unused_demo_set", "--set", bad])
+    assert says in capsys.readouterr().err, bad

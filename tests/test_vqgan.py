@@ -16,7 +16,7 @@ from configs import vqgan as vq_config
 from muse_jax import checkpoint as ckpt_lib
 from muse_jax import tasks
 from muse_jax.metrics import recon
-from muse_jax.models.vqgan import VQGAN, VQGANConfig
+from muse_jax.models.vqgan import VQGAN, FiniteScalarQuantizer, VQGANConfig
 from muse_jax.train import loop
 from tests import helpers
 
@@ -63,6 +63,54 @@ def test_quantizer_matches_numpy_nearest_code_and_straight_through():
   grads = jax.grad(lambda p: jnp.mean(model.apply(p, img)[0] ** 2))(params)
   enc = jax.tree.leaves(grads["params"]["encoder"])
   assert any(float(jnp.abs(g).max()) > 0 for g in enc)
+
+
+def _fsq_numpy(z, levels):
+  """FSQ as written in Mentzer et al. 2023 (appendix A.1 code), float64 numpy: bound, round,
+  normalise to [-1, 1]; ids in the mixed radix of `levels`."""
+  levels = np.asarray(levels, np.float64)
+  half_l = (levels - 1) * (1 - 1e-3) / 2
+  offset = np.where(levels % 2 == 1, 0.0, 0.5)
+  shift = np.tan(offset / half_l)
+  q = np.round(np.tanh(z.astype(np.float64) + shift) * half_l - offset)
+  half_width = levels // 2
+  basis = np.cumprod(np.concatenate([[1], levels[:-1]])).astype(np.int64)
+  ids = ((q + half_width).astype(np.int64) * basis).sum(-1)
+  return q / half_width, ids
+
+
+def _fsq_config(levels):
+  return VQGANConfig(base_channels=16, channel_mult=(1, 2, 2), latent_dim=len(levels),
+                     codebook_size=int(np.prod(levels)), norm_groups=8, quantizer="fsq",
+                     fsq_levels=levels)
+
+
+@pytest.mark.parametrize("levels", [(4, 4, 4, 4), (8, 5, 5, 5), (3, 2)])
+def test_fsq_matches_numpy_and_lookup_inverts_ids(levels):
+  q = FiniteScalarQuantizer(_fsq_config(levels))
+  z = 3 * jax.random.normal(jax.random.key(2), (2, 5, 7, len(levels)))
+  zq, ids, stats = q.apply({}, z)
+  want_q, want_ids = _fsq_numpy(np.asarray(z), levels)
+  np.testing.assert_allclose(zq, want_q, atol=1e-6)
+  np.testing.assert_array_equal(ids, want_ids)
+  assert float(stats["vq_loss"]) == 0.0
+  codes = np.asarray(q.apply({}, jnp.arange(int(np.prod(levels))), method=q.lookup))
+  assert len(np.unique(codes, axis=0)) == len(codes)              # every id is its own code
+  np.testing.assert_allclose(q.apply({}, ids, method=q.lookup), zq, atol=1e-6)
+  # Straight-through: the gradient is that of the bounding tanh, nonzero everywhere.
+  grad = jax.grad(lambda z: q.apply({}, z)[0].sum())(z / 3)
+  assert float(jnp.abs(grad).min()) > 0
+
+
+@pytest.mark.parametrize("fields, says", [
+    (dict(fsq_levels=(4, 4, 4), latent_dim=4, codebook_size=64), "set latent_dim=3"),
+    (dict(fsq_levels=(4, 4), latent_dim=2, codebook_size=32), "codebook_size=16"),
+    (dict(fsq_levels=(1, 4), latent_dim=2, codebook_size=4), "level count >= 2"),
+    (dict(quantizer="lfq"), "expected 'vq' or 'fsq'")])
+def test_fsq_config_mistakes_are_named(fields, says):
+  fields = {"quantizer": "fsq", **fields}
+  with pytest.raises(ValueError, match=says):
+    VQGANConfig(base_channels=16, channel_mult=(1, 2, 2), norm_groups=8, **fields)
 
 
 def _ssim_numpy(a, b):

@@ -3,6 +3,9 @@ r"""muse-demo: the whole Muse cascade trained and sampled on the built-in scenes
   muse-demo --workdir=/tmp/muse_demo            # the full demo (README gives its time and scores)
   muse-demo --workdir=/tmp/muse_demo_q --quick  # every stage for a few steps (tests, ~2 minutes)
 
+  muse-demo --workdir=DIR --set vq.train.num_steps=6000 --set base.train.batch_size=256
+                                                # longer / larger stages (a GPU; README)
+
 Stages, each in its own folder under WORKDIR and each resumable (re-running the command skips
 what is finished and resumes what is not, from its checkpoints):
   vq/        tokenizer: configs/vqgan.py:size=demo, an f16 VQGAN trained on 64 px scenes
@@ -15,17 +18,41 @@ what is finished and resumes what is not, from its checkpoints):
              time taken and the prompt-alignment scores recovered from the images alone.
 """
 import argparse
+import ast
 import os
 import sys
 import time
 
 from absl import logging
+import ml_collections
 
 LO_RES, HI_RES = 64, 128
 
 
-def stage_configs(workdir: str, quick: bool) -> dict:
-  """The training configs of the demo's three models (quick: a few steps of the same models)."""
+STAGES = ("vq", "base", "superres")
+
+
+def parse_sets(items) -> dict:
+  """["base.train.num_steps=8000", ...] -> {"base": {"train.num_steps": 8000}, ...}; values are
+  Python literals (8000, 1e-3, "l2", (1, 2)) or else plain strings."""
+  sets = {}
+  for item in items or ():
+    key, sep, text = item.partition("=")
+    stage, _, field = key.partition(".")
+    if not sep or stage not in STAGES or not field:
+      raise ValueError(f"--set {item!r}: expected STAGE.FIELD=VALUE with STAGE one of {STAGES}, "
+                       "e.g. --set base.train.num_steps=8000")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    sets.setdefault(stage, {})[field] = value
+  return sets
+
+
+def stage_configs(workdir: str, quick: bool, sets: dict | None = None) -> dict:
+  """The training configs of the demo's three models (quick: a few steps of the same models),
+  with `sets` ({stage: {dotted field: value}}, from --set) applied last."""
   from configs import base, common, superres, vqgan
   data = {"data.source": "preencoded", "data.path": os.path.join(workdir, "enc", "train-*")}
   vq = vqgan.get_config("size=demo")
@@ -38,7 +65,20 @@ def stage_configs(workdir: str, quick: bool) -> dict:
     common.override(vq, {"train.eval_every": 12})
     for config in (b, sr):   # 12 steps are mostly compilation, which remat lengthens
       common.override(config, {"model.remat": "none"})
-  return {"vq": vq, "base": b, "superres": sr}
+  configs = {"vq": vq, "base": b, "superres": sr}
+  for stage, fields in (sets or {}).items():
+    for field, value in fields.items():
+      node = configs[stage]
+      *parents, leaf = field.split(".")
+      for part in parents:
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+      if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ValueError(f"--set {stage}.{field}: the {stage} config has no field {field!r}")
+      try:
+        common.override(configs[stage], {field: value})
+      except (KeyError, AttributeError, TypeError) as e:
+        raise ValueError(f"--set {stage}.{field}={value!r}: {e}") from None
+  return configs
 
 
 def _train(name: str, config, workdir: str) -> float:
@@ -83,13 +123,23 @@ def main(argv=None) -> int:
                       "quick 256)")
   parser.add_argument("--num-prompts", type=int, help="prompts per split to sample (default 48;"
                       " quick 4)")
+  parser.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE",
+                      help="override a stage's training config (stages: vq, base, superres), "
+                      "e.g. --set base.train.num_steps=8000; repeatable")
   args = parser.parse_args(argv)
+  try:
+    sets = parse_sets(args.set)
+  except ValueError as e:
+    parser.error(str(e))
   logging.set_verbosity(logging.WARNING)
   quick = args.quick
   num_examples = args.num_examples or (256 if quick else 12_000)
   num_prompts = args.num_prompts or (4 if quick else 48)
+  try:
+    configs = stage_configs(args.workdir, quick, sets)
+  except ValueError as e:
+    parser.error(str(e))
   os.makedirs(args.workdir, exist_ok=True)
-  configs = stage_configs(args.workdir, quick)
   times = {}
   t0 = time.perf_counter()
   times["tokenizer"] = _train("vq", configs["vq"], args.workdir)

@@ -111,7 +111,26 @@ def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int,
             "code_perplexity": float(np.exp(-(nz * np.log(nz)).sum()))}
   if captions is not None:
     report["recon_alignment"] = alignment.alignment(np.concatenate(recons), captions)
+    report.update(background_codes(images_NxRxRx3, ids.reshape(len(images_NxRxRx3), -1)))
   return report
+
+
+def background_codes(images_NxRxRx3: np.ndarray, ids_NxT: np.ndarray) -> dict:
+  """How many codes the tokenizer spends on token patches of plain scene background (every pixel
+  within 2/255 of the grey), and their entropy in bits. Each such patch decodes to the same grey,
+  so every bit here is noise the base model is trained to predict from the caption: a tokenizer
+  for these scenes should spend ~0 bits on them."""
+  n, res = images_NxRxRx3.shape[:2]
+  side = math.isqrt(ids_NxT.shape[1])
+  f = res // side
+  grey = np.asarray(scenes.BACKGROUNDS[scenes.BACKGROUND], np.float32) / 255.0
+  patches = images_NxRxRx3.reshape(n, side, f, side, f, 3).transpose(0, 1, 3, 2, 4, 5)
+  plain = np.all(np.abs(patches - grey) < 2 / 255, axis=(3, 4, 5)).reshape(n, -1)
+  _, counts = np.unique(ids_NxT[plain], return_counts=True)
+  p = counts / max(counts.sum(), 1)
+  return {"background_token_fraction": float(plain.mean()),
+          "background_codes": int(len(counts)),
+          "background_code_entropy_bits": float(-(p * np.log2(p)).sum()) if len(p) else 0.0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +237,10 @@ def _markdown(report: dict) -> str:
   if report["kind"] == "tokenizer":
     lines += ["| metric | value |", "| --- | --- |"]
     for k in ("checkpoint", "num_images", "resolution", "psnr", "ssim", "codes_used",
-              "codebook_size", "codebook_usage", "code_perplexity"):
+              "codebook_size", "codebook_usage", "code_perplexity", "background_token_fraction",
+              "background_codes", "background_code_entropy_bits"):
+      if k not in report:
+        continue
       v = report[k]
       lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
     if "recon_alignment" in report:

@@ -7,6 +7,7 @@ image whose sides divide by f = 2^(len(channel_mult) - 1) encodes.
   encode(img_BxHxWx3) -> ids_Bxhxw        decode(ids_Bxhxw) -> img_BxHxWx3
 """
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -31,6 +32,10 @@ class VQGANConfig:
   res_conv_bias / conv_in_bias: biases of the residual convs and the encoder's input conv.
   encoder_out_kernel: kernel of the encoder's last conv (MaskGIT 1, diffusers 3).
   quant_conv: 1x1 convs before and after the quantizer (diffusers).
+  quantizer: "vq" (a learned codebook of codebook_size x latent_dim, VectorQuantizer) or "fsq"
+    (finite scalar quantization, Mentzer et al. 2023: each of the latent_dim = len(fsq_levels)
+    channels bounded and rounded to fsq_levels[i] values; codebook_size = prod(fsq_levels); no
+    codebook, no codebook or entropy loss).
   pixel_range: (lo, hi) of images at the model's input and output.
   """
   base_channels: int = 128
@@ -55,6 +60,8 @@ class VQGANConfig:
   commitment_beta: float = 0.25
   entropy_loss_weight: float = 0.0
   entropy_temperature: float = 0.01
+  quantizer: str = "vq"
+  fsq_levels: tuple = ()
   pixel_range: tuple = (-1.0, 1.0)
   dtype: str = "float32"
 
@@ -67,6 +74,18 @@ class VQGANConfig:
       if c % self.norm_groups:
         raise ValueError(f"vqgan channel count {c} is not divisible by norm_groups="
                          f"{self.norm_groups}")
+    if self.quantizer not in ("vq", "fsq"):
+      raise ValueError(f"vqgan.quantizer={self.quantizer!r}; expected 'vq' or 'fsq'")
+    if self.quantizer == "fsq":
+      levels = tuple(self.fsq_levels)
+      if not levels or min(levels) < 2:
+        raise ValueError(f"vqgan.fsq_levels={levels}: FSQ needs one level count >= 2 per latent "
+                         "channel, e.g. (8, 8, 8, 8) for 4096 codes")
+      if len(levels) != self.latent_dim or math.prod(levels) != self.codebook_size:
+        raise ValueError(f"vqgan.fsq_levels={levels} gives {len(levels)} channels and "
+                         f"{math.prod(levels)} codes; set latent_dim={len(levels)} and "
+                         f"codebook_size={math.prod(levels)} (now {self.latent_dim} and "
+                         f"{self.codebook_size})")
     dm = self.decoder_channel_mult
     if dm is not None and len(dm) != len(self.channel_mult):
       raise ValueError(f"vqgan.decoder_channel_mult {dm} must have as many levels as "
@@ -241,6 +260,48 @@ class VectorQuantizer(nn.Module):
     return z_st, ids, stats
 
 
+class FiniteScalarQuantizer(nn.Module):
+  """FSQ (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple"): z_BxhxwxD ->
+  (z_q straight-through, ids_Bxhxw, statistics), D = len(fsq_levels).
+
+  Channel i is bounded by tanh to [-(L_i - 1) / 2, (L_i - 1) / 2] (shifted by 1/2 for even L_i),
+  rounded to an integer (straight-through gradient) and scaled to [-1, 1]; the id is the digits in
+  the mixed radix fsq_levels. The grid is fixed: every code is reachable and none can die, so
+  there is no codebook loss and no entropy loss. Latents that differ by less than a bin map to
+  one code: on the built-in scenes, plain-background patches whose encodings vary slightly with
+  the rest of the image share a handful of codes instead of spreading over the codebook."""
+  cfg: VQGANConfig
+
+  def _levels(self):
+    levels = jnp.asarray(self.cfg.fsq_levels, jnp.float32)
+    basis = jnp.asarray([math.prod(self.cfg.fsq_levels[:i]) for i in range(len(levels))],
+                        jnp.int32)
+    return levels, basis
+
+  def lookup(self, ids):
+    levels, basis = self._levels()
+    digits = (ids[..., None] // basis) % levels.astype(jnp.int32)
+    half = jnp.floor(levels / 2)
+    return (digits.astype(jnp.float32) - half) / half
+
+  def __call__(self, z):
+    levels, basis = self._levels()
+    z = z.astype(jnp.float32)
+    half_l = (levels - 1) * (1 - 1e-3) / 2
+    offset = jnp.where(levels % 2 == 1, 0.0, 0.5)
+    bounded = jnp.tanh(z + jnp.tan(offset / half_l)) * half_l - offset   # the paper's shift
+    rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
+    half = jnp.floor(levels / 2)
+    ids = jnp.sum((jnp.round(bounded) + half).astype(jnp.int32) * basis, axis=-1)
+    one_hot_mean = jnp.mean(jax.nn.one_hot(ids, self.cfg.codebook_size, dtype=jnp.float32),
+                            axis=tuple(range(ids.ndim)))
+    zero = jnp.zeros((), jnp.float32)
+    stats = {"vq_loss": zero, "commit_loss": zero,
+             "codebook_usage": jnp.mean((one_hot_mean > 0).astype(jnp.float32)),
+             "perplexity": jnp.exp(-jnp.sum(one_hot_mean * jnp.log(one_hot_mean + 1e-10)))}
+    return rounded / half, ids, stats
+
+
 def _l2norm(x):
   return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
 
@@ -252,7 +313,7 @@ class VQGAN(nn.Module):
   def setup(self):
     c = self.cfg
     self.encoder = Encoder(c)
-    self.quantizer = VectorQuantizer(c)
+    self.quantizer = FiniteScalarQuantizer(c) if c.quantizer == "fsq" else VectorQuantizer(c)
     self.decoder = Decoder(c)
     if c.quant_conv:
       self.quant_conv = _conv(c.latent_dim, 1, c, name="quant_conv")

@@ -51,7 +51,7 @@ class LossConfig:
 def model_config(model: dict) -> VQGANConfig:
   """VQGANConfig from a config's `model` section (a dict, e.g. as saved in a checkpoint)."""
   model = dict(model)
-  for key in ("channel_mult", "decoder_channel_mult", "pixel_range"):
+  for key in ("channel_mult", "decoder_channel_mult", "pixel_range", "fsq_levels"):
     if model.get(key) is not None:
       model[key] = tuple(model[key])
   return VQGANConfig(**model)
