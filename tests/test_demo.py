@@ -101,7 +101,9 @@ def test_quick_demo_end_to_end_resume_and_notebook(tmp_path, capsys, monkeypatch
 
 def test_set_overrides_stage_configs_and_rejects_mistakes(capsys):
   sets = demo.parse_sets(["base.train.num_steps=8000", "vq.model.channel_mult=(1,1,2,4)",
-                          "vq.loss.reconstruction=l1", "superres.optim.lr=3e-4"])
+                          "vq.loss.reconstruction=l1", "superres.optim.lr=3e-4",
+                          "base.model.grid_size=8", "superres.model.lo_grid_size=8",
+                          "superres.model.hi_grid_size=16"])       # f8: 8x8 and 16x16 ids
   configs = demo.stage_configs("/tmp/unused", quick=False, sets=sets)
   assert configs["base"].train.num_steps == 8000
   assert tuple(configs["vq"].model.channel_mult) == (1, 1, 2, 4)
@@ -112,7 +114,8 @@ def test_set_overrides_stage_configs_and_rejects_mistakes(capsys):
                     ("base.train.num_steps.x=5", "has no field"),
                     ("base.train.num_steps=many", "cannot be casted"),
                     ("decoder.train.num_steps=5", "STAGE one of"),
-                    ("base.train.num_steps", "STAGE.FIELD=VALUE")]:
+                    ("base.train.num_steps", "STAGE.FIELD=VALUE"),
+                    ("vq.model.codebook_size=4096", "base.model.codebook_size=256 (needs 4096)")]:
     with pytest.raises(SystemExit):
       demo.main(["--workdir", "/tmp/unused_demo_set", "--set", bad])
     assert says in capsys.readouterr().err, bad

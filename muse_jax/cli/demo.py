@@ -78,7 +78,25 @@ def stage_configs(workdir: str, quick: bool, sets: dict | None = None) -> dict:
         common.override(configs[stage], {field: value})
       except (KeyError, AttributeError, TypeError) as e:
         raise ValueError(f"--set {stage}.{field}={value!r}: {e}") from None
+  _check_token_shapes(configs)
   return configs
+
+
+def _check_token_shapes(configs: dict) -> None:
+  """The base and super-res models must fit the tokenizer's codes at LO_RES and HI_RES (checked
+  here, before the tokenizer trains, so a --set that changes one stage only fails at once)."""
+  vq = configs["vq"].model
+  f = 2 ** (len(vq.channel_mult) - 1)
+  want = {("base", "codebook_size"): vq.codebook_size, ("base", "grid_size"): LO_RES // f,
+          ("superres", "lo_codebook_size"): vq.codebook_size,
+          ("superres", "codebook_size"): vq.codebook_size,
+          ("superres", "lo_grid_size"): LO_RES // f, ("superres", "hi_grid_size"): HI_RES // f}
+  wrong = [f"{stage}.model.{k}={configs[stage].model[k]} (needs {v})"
+           for (stage, k), v in want.items() if configs[stage].model[k] != v]
+  if wrong:
+    raise ValueError(f"the tokenizer (f{f}, {vq.codebook_size} codes; {LO_RES} px -> "
+                     f"{LO_RES // f}x{LO_RES // f} ids, {HI_RES} px -> {HI_RES // f}x{HI_RES // f})"
+                     f" does not fit: {', '.join(wrong)}; --set those fields too")
 
 
 def _train(name: str, config, workdir: str) -> float:
