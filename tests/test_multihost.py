@@ -129,6 +129,7 @@ GAN = dict(GAN_CONSTANT_LR, **{"checkpoint.every": 3, "loss.adv_start_step": 1,
                                "train.eval_every": 100})
 
 
+@pytest.mark.slow   # the slow kill-and-resume vqgan test below covers it with 12 steps; ~2 min
 def test_vqgan_two_processes_match_single_process(tmp_path):
   _check_stage(tmp_path, "vqgan", vqgan, "configs/vqgan.py:size=tiny", GAN, stop=3, steps=3,
                rtol=1e-4)
