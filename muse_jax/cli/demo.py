@@ -75,8 +75,8 @@ def stage_configs(workdir: str, quick: bool, sets: dict | None = None) -> dict:
       if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         raise ValueError(f"--set {stage}.{field}: the {stage} config has no field {field!r}")
       try:
-        common.override(configs[stage], {field: value})
-      except (KeyError, AttributeError, TypeError) as e:
+        node[leaf] = value            # ConfigDict checks the type against the preset's
+      except TypeError as e:
         raise ValueError(f"--set {stage}.{field}={value!r}: {e}") from None
   _check_token_shapes(configs)
   return configs

@@ -290,9 +290,10 @@ class FiniteScalarQuantizer(nn.Module):
     half_l = (levels - 1) * (1 - 1e-3) / 2
     offset = jnp.where(levels % 2 == 1, 0.0, 0.5)
     bounded = jnp.tanh(z + jnp.tan(offset / half_l)) * half_l - offset   # the paper's shift
-    rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
+    q = jnp.round(bounded)
+    rounded = bounded + jax.lax.stop_gradient(q - bounded)
     half = jnp.floor(levels / 2)
-    ids = jnp.sum((jnp.round(bounded) + half).astype(jnp.int32) * basis, axis=-1)
+    ids = jnp.sum((q + half).astype(jnp.int32) * basis, axis=-1)
     one_hot_mean = jnp.mean(jax.nn.one_hot(ids, self.cfg.codebook_size, dtype=jnp.float32),
                             axis=tuple(range(ids.ndim)))
     zero = jnp.zeros((), jnp.float32)
