@@ -199,3 +199,29 @@ def test_bad_config_is_a_clear_error(overrides, message):
 def test_unknown_data_source_is_a_clear_error():
   with pytest.raises(ValueError, match="not available for stage 'superres'"):
     tasks.get_task(_config(**{"data.source": "laion"})).make_source()
+
+
+def test_lo_grid_add_adds_the_low_res_cell_under_each_high_res_position():
+  """With model.lo_grid_add the high-res position (i, j) receives the projected low-res stream
+  output of cell (i // r, j // r) (checked in numpy from the captured intermediates); without
+  it the model has no such parameters."""
+  config = _config(**{"model.lo_grid_add": True})
+  task = tasks.get_task(config)
+  c = task.model_cfg
+  params = nn.unbox(jax.jit(task.init_params)(jax.random.key(0)))
+  assert "lo_to_hi" in params and "lo_to_hi" not in nn.unbox(
+      jax.eval_shape(tasks.get_task(_config()).init_params, jax.random.key(0)))
+  src = task.make_source()
+  batch = {k: jnp.stack([src[i][k] for i in range(2)]) for k in ("tokens_lo", "tokens", "txt",
+                                                                 "txt_mask")}
+  _, inter = task.model.apply({"params": params}, batch["tokens"], batch["tokens_lo"],
+                              batch["txt"], batch["txt_mask"], capture_intermediates=True)
+  lo = np.asarray(inter["intermediates"]["lo_ln_final"]["__call__"][0])     # [B, N, D]
+  added = np.asarray(inter["intermediates"]["lo_to_hi"]["__call__"][0])     # [B, M, D]
+  g, h, r = c.lo_grid_size, c.hi_grid_size, c.hi_grid_size // c.lo_grid_size
+  rows = np.arange(h)[:, None] // r * g + np.arange(h)[None, :] // r        # low-res cell per pos
+  w = params["lo_to_hi"]
+  expected = lo[:, rows.ravel()] @ np.asarray(w["kernel"]) + np.asarray(w["bias"])
+  np.testing.assert_allclose(added, expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="lo_grid_add needs model.hi_grid_size=6"):
+    tasks.get_task(_config(**{"model.lo_grid_add": True, "model.hi_grid_size": 6}))

@@ -6,6 +6,10 @@ masked high-res ids (hi_grid x hi_grid, [MASK] = codebook_size) cross-attend to 
 the high-res stack (self-attention, cross-attention, MLP). Dropping the text (all-False text mask)
 leaves the low-res part of the context: the unconditional branch for classifier-free guidance.
 
+With `lo_grid_add` (not in the paper) each high-res position also adds a projection of the
+low-res stream's output at the low-res cell it lies in (nearest upsampling), so the model need not
+learn from data which low-res token sits under which high-res one; the cross-attention stays.
+
 A decoder encodes the context once (`encode_context`) and calls `logits_from_context` at every
 step; `__call__` is the composition of the two.
 """
@@ -36,6 +40,7 @@ class SuperResConfig:
   vocab_pad_multiple: int = 128
   remat: str = "none"           # layers.REMAT_POLICIES: none, dots, dots_no_batch, full
   dtype: str = "float32"        # compute dtype; params stay float32
+  lo_grid_add: bool = False     # add the low-res output under each high-res position (above)
 
   def __post_init__(self):
     for f in ("codebook_size", "lo_codebook_size", "lo_grid_size", "hi_grid_size", "text_dim",
@@ -47,6 +52,10 @@ class SuperResConfig:
       raise ValueError(f"model.hi_grid_size={self.hi_grid_size} must be larger than "
                        f"model.lo_grid_size={self.lo_grid_size}: super-res maps a low-res token "
                        f"grid to a finer one")
+    if self.lo_grid_add and self.hi_grid_size % self.lo_grid_size:
+      raise ValueError(f"model.lo_grid_add needs model.hi_grid_size={self.hi_grid_size} to be a "
+                       f"multiple of model.lo_grid_size={self.lo_grid_size} (each high-res "
+                       f"position lies in one low-res cell)")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"model.hidden_size={self.hidden_size} must be divisible by "
                        f"model.num_heads={self.num_heads}")
@@ -116,6 +125,8 @@ class SuperResTransformer(nn.Module):
     self.lo_ln_final = layers.layer_norm(dt)
     self.text_proj = TextProjection(c.hi_stream)
     self.hi_embed = TokenEmbedding(c.hi_stream)
+    if c.lo_grid_add:
+      self.lo_to_hi = layers.dense(c.hidden_size, (axes.EMBED, axes.MLP), dt, name="lo_to_hi")
     self.hi_blocks = layers.BlockStack(c.hi_num_layers, c.num_heads, c.head_dim, c.mlp_dim,
                                        cross_attention=True, remat=c.remat, dtype=dt)
     self.ln_final = layers.layer_norm(dt)
@@ -144,6 +155,12 @@ class SuperResTransformer(nn.Module):
       raise ValueError(f"tokens_hi has {m} positions but model.hi_grid_size="
                        f"{self.cfg.hi_grid_size} expects {self.cfg.hi_seq_len}")
     x_BxMxD = self.hi_embed(tokens_hi_BxM)
+    c = self.cfg
+    if c.lo_grid_add:      # the first lo_seq_len context entries are the low-res stream's outputs
+      b, g, r = x_BxMxD.shape[0], c.lo_grid_size, c.hi_grid_size // c.lo_grid_size
+      lo_BxgxgxD = ctx_BxSxD[:, :c.lo_seq_len].reshape(b, g, g, -1)
+      up_BxMxD = jnp.repeat(jnp.repeat(lo_BxgxgxD, r, axis=1), r, axis=2).reshape(b, m, -1)
+      x_BxMxD = x_BxMxD + self.lo_to_hi(up_BxMxD).astype(x_BxMxD.dtype)
     x_BxMxD = self.hi_blocks(x_BxMxD, ctx_BxSxD, ctx_mask_BxS)
     return self.head(self.ln_final(x_BxMxD))
 
