@@ -2,7 +2,10 @@
 
 Versions are pinned to a set that installs and works together on Python 3.11 (CPU, TPU via the
 `tpu` extra). The `parity` extra installs torch first in README's order so pip takes the local CPU
-build instead of pulling CUDA wheels.
+build instead of pulling CUDA wheels. lpips==0.1.4 (the LPIPS parity test's reference) is not an
+extra: README installs it with --no-deps, as its torchvision requirement resolves to PyPI's
+torchvision 0.28.0 (the one for torch 2.13.0), a CUDA build whose ops do not load next to the CPU
+torch, so `import torchvision` fails and transformers' model imports fail with it.
 """
 from setuptools import find_packages, setup
 

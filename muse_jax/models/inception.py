@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from muse_jax.convert import state_dict
+
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                + WEIGHTS_FILE)
@@ -194,21 +196,8 @@ def _missing_weights_error(path) -> FileNotFoundError:
 def read_state_dict(path) -> dict:
   """{torch key: numpy array} from the FID weights file (.pth needs torch) or its safetensors
   conversion."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise _missing_weights_error(path)
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return dict(load_file(path))
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(f"reading {path} (a torch state dict) needs torch; convert it once "
-                      f"with `python -m muse_jax.models.inception {path} OUT.safetensors` on a "
-                      f"machine with torch and pass the .safetensors file") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in state.items()}
+  return state_dict.read(path, _missing_weights_error,
+                         f"python -m muse_jax.models.inception {os.fspath(path)} OUT.safetensors")
 
 
 def variables_from_state_dict(state: dict) -> dict:
@@ -254,16 +243,9 @@ def load_variables(path) -> dict:
 
 
 def main(argv) -> int:
-  if len(argv) != 2 or not argv[1].endswith(".safetensors"):
-    print(f"usage: python -m muse_jax.models.inception {WEIGHTS_FILE} OUT.safetensors",
-          file=sys.stderr)
-    return 2
-  from safetensors.numpy import save_file
-  state = read_state_dict(argv[0])
-  variables_from_state_dict(state)        # checks it is the right file before writing
-  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, argv[1])
-  print(f"wrote {argv[1]} ({len(state)} tensors)")
-  return 0
+  return state_dict.convert_main(
+      argv, f"python -m muse_jax.models.inception {WEIGHTS_FILE} OUT.safetensors",
+      read_state_dict, variables_from_state_dict)
 
 
 if __name__ == "__main__":

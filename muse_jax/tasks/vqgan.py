@@ -1,15 +1,19 @@
 """Stages `vqgan` (tokenizer training) and `decoder_finetune` (a wider decoder on a frozen
 encoder and codebook).
 
-Generator loss: reconstruction (L1 or L2) + VQ (commitment, codebook[, entropy]) + adversarial
+Generator loss: reconstruction (L1 or L2) + VQ (commitment, codebook[, entropy]) + perceptual
+(LPIPS-VGG of reconstruction and input, from loss.perceptual_weight > 0) + adversarial
 (non-saturating, on from loss.adv_start_step). Discriminator: non-saturating loss + R1 penalty
 + optional LeCam regulariser; it is run and trained only from loss.adv_start_step on (before,
 a step costs the autoencoder alone). The generator's EMA is kept in the state. The generator and
 discriminator states are one pytree: TrainState(params, opt_state, extra={disc_params,
-disc_opt_state, ema_params, lecam_real, lecam_fake}).
+disc_opt_state, ema_params, lecam_real, lecam_fake}). The perceptual loss network is frozen and
+not part of the state: its params (models/lpips.py, read from loss.perceptual_vgg_weights and
+loss.perceptual_lin_weights) are the train step's explicit `frozen` argument (train/loop.py).
 """
 import dataclasses
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -22,6 +26,7 @@ from etils import epath
 from muse_jax import checkpoint
 from muse_jax.data import preprocess, sources
 from muse_jax.metrics import recon
+from muse_jax.models import lpips
 from muse_jax.models.discriminator import Discriminator
 from muse_jax.models.vqgan import VQGAN, VQGANConfig
 from muse_jax.parallel import axes
@@ -42,10 +47,16 @@ class LossConfig:
   lecam_weight: float = 0.0
   lecam_decay: float = 0.99
   ema_decay: float = 0.999
+  perceptual_weight: float = 0.0
+  perceptual_vgg_weights: str = ""
+  perceptual_lin_weights: str = ""
 
   def __post_init__(self):
     if self.reconstruction not in ("l1", "l2"):
       raise ValueError(f"loss.reconstruction={self.reconstruction!r}; expected 'l1' or 'l2'")
+    if self.perceptual_weight < 0:
+      raise ValueError(f"loss.perceptual_weight={self.perceptual_weight} is negative; 0 turns the "
+                       f"perceptual loss off")
 
 
 def model_config(model: dict) -> VQGANConfig:
@@ -60,6 +71,12 @@ def model_config(model: dict) -> VQGANConfig:
 def _to_unit(img, pixel_range):
   lo, hi = pixel_range
   return jnp.clip((img - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _to_signed(img, pixel_range):
+  """pixel_range -> [-1, 1], without clipping (gradients pass everywhere)."""
+  lo, hi = pixel_range
+  return (img - lo) * (2.0 / (hi - lo)) - 1.0
 
 
 class VQGANTask:
@@ -81,6 +98,8 @@ class VQGANTask:
       raise ValueError("stage decoder_finetune needs config.init_from: the workdir (or "
                        "checkpoint step directory) of a trained tokenizer")
     self.progress_metrics = ("psnr", "codebook_usage")
+    self.perceptual = (lpips.LPIPS(dtype=self.model_cfg.compute_dtype)
+                       if self.loss_cfg.perceptual_weight > 0 else None)
 
   # Shapes and init ----------------------------------------------------------------------------
   def batch_spec(self, batch_size):
@@ -108,6 +127,34 @@ class VQGANTask:
     def labels(params):
       return {k: ("frozen" if k in FROZEN_FOR_DECODER_FINETUNE else "train") for k in params}
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+  def frozen_abstract(self):
+    """Shapes of the frozen networks the train step reads ({"lpips": ...}), None without any."""
+    if self.perceptual is None:
+      return None
+    return {"lpips": lpips.abstract_params()}
+
+  def load_frozen(self):
+    """{"lpips": params} from the weight files named in config.loss (frozen_abstract's
+    structure); a clear error naming the config field when a file is missing or wrong."""
+    if self.perceptual is None:
+      return None
+    lc = self.loss_cfg
+    off = "or set loss.perceptual_weight=0 to train without the perceptual loss"
+    for field, source in (("perceptual_vgg_weights", lpips.VGG_SOURCE),
+                          ("perceptual_lin_weights", lpips.LIN_SOURCE)):
+      path = getattr(lc, field)
+      if not path or not os.path.isfile(path):
+        what = f"{path!r} is not a file" if path else "is not set"
+        raise FileNotFoundError(
+            f"loss.perceptual_weight={lc.perceptual_weight} needs the frozen LPIPS-VGG network, "
+            f"but loss.{field} {what}: set it to {source} (or its .safetensors conversion, "
+            f"`python -m muse_jax.models.lpips IN.pth OUT.safetensors`), {off}")
+    try:
+      return {"lpips": lpips.load_params(lc.perceptual_vgg_weights, lc.perceptual_lin_weights)}
+    except (ValueError, ImportError) as e:
+      raise type(e)(f"loss.perceptual_vgg_weights={lc.perceptual_vgg_weights!r} / "
+                    f"loss.perceptual_lin_weights={lc.perceptual_lin_weights!r}: {e}; {off}") from e
 
   def init_state(self, rng, tx):
     g_rng, d_rng = jax.random.split(rng)
@@ -151,9 +198,13 @@ class VQGANTask:
               for k, v in params.items()}
     return self.model.apply({"params": frozen}, img)
 
-  def train_step(self, state, batch, rng, tx):
+  def train_step(self, state, batch, rng, tx, frozen=None):
+    """frozen: {"lpips": params} when loss.perceptual_weight > 0 (Setup.load_frozen)."""
     lc = self.loss_cfg
     del rng  # the stage is deterministic given the batch
+    if self.perceptual is not None and frozen is None:
+      raise ValueError("loss.perceptual_weight > 0: the train step needs the frozen LPIPS params "
+                       "as `frozen` (train.loop.Setup.load_frozen)")
     img = batch["image"]
     # With adversarial_weight 0 the discriminator never runs (the demo preset).
     adv_on = (state.step >= lc.adv_start_step) & (lc.adversarial_weight > 0)
@@ -170,7 +221,14 @@ class VQGANTask:
       rec_loss = jnp.mean(jnp.abs(err)) if lc.reconstruction == "l1" else jnp.mean(err ** 2)
       g_adv = jax.lax.cond(adv_on, g_adv_term, lambda r: jnp.zeros((), jnp.float32), rec)
       loss = lc.reconstruction_weight * rec_loss + vq["vq_loss"] + lc.adversarial_weight * g_adv
-      return loss, (rec, ids, dict(vq, rec_loss=rec_loss, g_adv=g_adv))
+      aux = dict(vq, rec_loss=rec_loss, g_adv=g_adv)
+      if self.perceptual is not None:
+        pr = self.model_cfg.pixel_range
+        perceptual = jnp.mean(self.perceptual.apply(
+            {"params": frozen["lpips"]}, _to_signed(rec, pr), _to_signed(img, pr)))
+        loss = loss + lc.perceptual_weight * perceptual
+        aux["perceptual_loss"] = perceptual
+      return loss, (rec, ids, aux)
 
     (loss, (rec, ids, aux)), grads = jax.value_and_grad(gen_loss, has_aux=True)(state.params)
     g_tx = self.generator_tx(tx)

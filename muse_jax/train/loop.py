@@ -1,6 +1,7 @@
 """The one train loop. A task supplies init_params / init_state / train_step / batch_spec /
-make_source; the loop owns the mesh, shardings, compilation, data, checkpoints, metrics and
-preemption, identically for every stage."""
+make_source (and frozen_abstract / load_frozen when its step reads frozen networks); the loop
+owns the mesh, shardings, compilation, data, checkpoints, metrics and preemption, identically for
+every stage."""
 import contextlib
 import functools
 import json
@@ -66,6 +67,12 @@ class Setup:
       self.host_shardings = {k: mesh_lib.logical_sharding(self.mesh, self.rules, v[1])
                              for k, v in self.online.host_spec(self.global_batch).items()}
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    # Frozen networks that the train step reads (the vqgan stage's LPIPS): a replicated, explicit
+    # argument of the step, neither closed over nor in the state (checkpoints stay the trained
+    # model's). Shapes only here, so muse-fit compiles without their weight files; load_frozen
+    # reads those.
+    frozen_abstract = getattr(self.task, "frozen_abstract", None)
+    self.frozen_abstract = frozen_abstract() if frozen_abstract else None
 
   @contextlib.contextmanager
   def context(self):
@@ -80,20 +87,37 @@ class Setup:
                      out_shardings=self.state_shardings)
       return init(rng)
 
+  def load_frozen(self) -> tuple:
+    """The frozen networks' params placed on the mesh: () when the task has none, else one
+    pytree, the train step's last argument. Missing or wrong weight files fail here."""
+    if self.frozen_abstract is None:
+      return ()
+    return (jax.device_put(self.task.load_frozen(), self.replicated),)
+
   def lower_train_step(self):
-    """The jitted, donated train step lowered with explicit in/out shardings."""
-    step = functools.partial(self.task.train_step, tx=self.tx)
-    jitted = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings,
-                                         self.replicated),
-                     out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+    """The jitted, donated train step lowered with explicit in/out shardings: (state, batch,
+    rng[, frozen]) -> (state, metrics)."""
+    in_shardings = (self.state_shardings, self.batch_shardings, self.replicated)
     abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
     abstract_batch = ckpt_lib.abstract_with_shardings(self.batch_abstract, self.batch_shardings)
     # The key dtype, taken outside the mesh context: under a compile-only (muse-fit) mesh,
     # creating a key would try to run on devices that cannot execute.
     key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
                                sharding=self.replicated)
+    args = (abstract_state, abstract_batch, key)
+    if self.frozen_abstract is None:
+      step = functools.partial(self.task.train_step, tx=self.tx)
+    else:
+      def step(state, batch, rng, frozen):
+        return self.task.train_step(state, batch, rng, tx=self.tx, frozen=frozen)
+      in_shardings += (self.replicated,)
+      args += (jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                           sharding=self.replicated),
+                            self.frozen_abstract),)
+    jitted = jax.jit(step, in_shardings=in_shardings,
+                     out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
     with self.context():
-      return jitted.lower(abstract_state, abstract_batch, key)
+      return jitted.lower(*args)
 
 
 def memory_report(compiled) -> str:
@@ -159,6 +183,7 @@ def run(config, workdir: str, devices=None) -> dict:
 
   if setup.online is not None:     # frozen tokenizer / text encoder: checked and placed first
     setup.online.load(setup.mesh, setup.rules, setup.batch_shardings)
+  frozen = setup.load_frozen()     # frozen loss networks (LPIPS): weight files checked here
   compiled = setup.lower_train_step().compile()
   logging.info("train step compiled for mesh %s; %s", dict(setup.mesh.shape),
                memory_report(compiled))
@@ -240,7 +265,7 @@ def run(config, workdir: str, devices=None) -> dict:
       batch = pipeline.to_global_batch(local, setup.host_shardings)
       if setup.online is not None:
         batch = setup.online(batch)
-      state, metrics = compiled(state, batch, base_rng)
+      state, metrics = compiled(state, batch, base_rng, *frozen)
       if pending is not None:
         consume(*pending)        # step t-1's metrics, read after step t was dispatched
       pending = (step + 1, metrics)
