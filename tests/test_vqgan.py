@@ -1,5 +1,6 @@
 """VQGAN tokenizer: model invariants, quantizer against numpy, the vqgan and decoder_finetune
 stages (smoke, resume, frozen encoder), reconstruction metrics against numpy."""
+import dataclasses
 import functools
 import shutil
 
@@ -16,6 +17,7 @@ from configs import vqgan as vq_config
 from muse_jax import checkpoint as ckpt_lib
 from muse_jax import tasks
 from muse_jax.metrics import recon
+from muse_jax.models import vqgan as vqgan_lib
 from muse_jax.models.vqgan import VQGAN, FiniteScalarQuantizer, VQGANConfig
 from muse_jax.train import loop
 from tests import helpers
@@ -41,6 +43,37 @@ def test_any_size_divisible_by_f_encodes(hw):
   assert ids.shape == (2, hw[0] // 4, hw[1] // 4) and ids.dtype == jnp.int32
   out = model.apply(params, ids, method=model.decode)
   assert out.shape == img.shape
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_layer_norm_keeps_encoder_and_decoder_local(norm):
+  """SMALL's encoder sees 97 px around a latent and its decoder under 30 tokens around a pixel: on
+  a 256 px image (64x64 tokens), with norm="layer", a change in one corner leaves the opposite
+  corner's latents and pixels exactly as they were; GroupNorm's statistics over the whole map
+  carry it everywhere."""
+  model = VQGAN(dataclasses.replace(SMALL, norm=norm))
+  img = jax.random.uniform(jax.random.key(0), (1, 256, 256, 3), minval=-1, maxval=1)
+  params = nn.unbox(model.init(jax.random.key(1), img))
+  changed = img.at[:, :8, :8].set(1.0)
+  latent = lambda x: model.apply(params, x, method=model._latent)  # noqa: SLF001
+  far_z = lambda x: np.asarray(latent(x)[:, -8:, -8:])
+  assert np.array_equal(far_z(img), far_z(changed)) == (norm == "layer")
+  ids = model.apply(params, img, method=model.encode)
+  ids2 = ids.at[:, :2, :2].set((ids[:, :2, :2] + 1) % SMALL.codebook_size)
+  decoded = lambda i: np.asarray(model.apply(params, i, method=model.decode)[:, -32:, -32:])
+  assert np.array_equal(decoded(ids), decoded(ids2)) == (norm == "layer")
+
+
+def test_layer_norm_normalises_each_position_over_its_channels():
+  cfg = dataclasses.replace(SMALL, norm="layer")
+  x = np.random.default_rng(0).normal(2.0, 3.0, (2, 5, 7, 16)).astype(np.float32)
+  norm = vqgan_lib._norm(cfg)  # noqa: SLF001
+  params = nn.unbox(norm.init(jax.random.key(0), x))
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  np.testing.assert_allclose(norm.apply(params, x), (x - mean) / np.sqrt(var + cfg.norm_eps),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="vqgan.norm='batch'"):
+    dataclasses.replace(SMALL, norm="batch")
 
 
 def test_wrong_image_size_is_a_clear_error():

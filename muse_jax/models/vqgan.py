@@ -36,6 +36,10 @@ class VQGANConfig:
     (finite scalar quantization, Mentzer et al. 2023: each of the latent_dim = len(fsq_levels)
     channels bounded and rounded to fsq_levels[i] values; codebook_size = prod(fsq_levels); no
     codebook, no codebook or entropy loss).
+  norm: "group" (GroupNorm with norm_groups groups: statistics over the whole feature map, as in
+    VQGAN, MaskGIT and diffusers) or "layer" (LayerNorm over the channels of each position: every
+    output depends on its receptive field alone, so a plain patch encodes to the same code in any
+    scene and at any image size).
   pixel_range: (lo, hi) of images at the model's input and output.
   """
   base_channels: int = 128
@@ -48,6 +52,7 @@ class VQGANConfig:
   latent_dim: int = 256
   codebook_size: int = 8192
   norm_groups: int = 32
+  norm: str = "group"
   norm_eps: float = 1e-6
   downsample: str = "conv"
   shortcut_on_output: bool = False
@@ -68,10 +73,12 @@ class VQGANConfig:
   def __post_init__(self):
     if self.downsample not in ("conv", "avgpool"):
       raise ValueError(f"vqgan.downsample={self.downsample!r}; expected 'conv' or 'avgpool'")
+    if self.norm not in ("group", "layer"):
+      raise ValueError(f"vqgan.norm={self.norm!r}; expected 'group' or 'layer'")
     if self.shortcut_kernel not in (1, 3):
       raise ValueError(f"vqgan.shortcut_kernel must be 1 or 3, got {self.shortcut_kernel}")
     for c in self.encoder_channels + self.decoder_channels:
-      if c % self.norm_groups:
+      if self.norm == "group" and c % self.norm_groups:
         raise ValueError(f"vqgan channel count {c} is not divisible by norm_groups="
                          f"{self.norm_groups}")
     if self.quantizer not in ("vq", "fsq"):
@@ -120,6 +127,13 @@ def _conv(features, kernel, cfg, use_bias=True, strides=1, padding="SAME", name=
 
 
 def _norm(cfg, name=None):
+  if cfg.norm == "layer":
+    return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                        name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones,
+                                                                (axes.CONV_OUT,)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               (axes.CONV_OUT,)))
   return nn.GroupNorm(num_groups=cfg.norm_groups, epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
                       param_dtype=jnp.float32, name=name,
                       scale_init=nn.with_logical_partitioning(nn.initializers.ones,
