@@ -70,8 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif args.size == "demo":
     # Hidden 128 / MLP 512 for 4000 steps (was 256 / 1024 for 1600, the same 7 minutes on 2 CPU
     # cores): a few minutes of CPU buy ~1.6M training tokens, far too few for 4M parameters; the
-    # smaller model ends at loss 1.71 instead of 1.83 and the demo's samples count 70 / 69%
-    # instead of 57 / 59% (held-out / seen, mean of 3 sampling seeds; README "The demo on CPU").
+    # smaller model ends at loss 1.71 instead of 1.83, and over the demo's prompts plus
+    # muse-eval's --seed 2 and 3 the samples count 63 / 74% instead of 61 / 61% (held-out /
+    # seen), colour 59 / 69% vs 62 / 62% (README "The demo on CPU").
     common.train_common(config, batch_size=64, num_steps=4000, log_every=100, ckpt_every=1000)
     common.demo_optim(config.optim)
   elif args.size == "cpu-bench":
