@@ -220,6 +220,7 @@ def _tiny(**overrides):
   return helpers.override(vq_config.get_config("size=tiny"), **overrides)
 
 
+@pytest.mark.slow       # ~37 s: the default run is kept under 15 minutes; CI runs the slow set
 def test_vqgan_stage_trains_with_a_frozen_perceptual_loss(tmp_path):
   vgg, lin = _random_state_dicts(1)
   vgg_path, lin_path = _save(tmp_path, vgg, lin)
