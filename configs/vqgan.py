@@ -10,8 +10,8 @@ Presets:
            compiles in seconds, for tests.
   demo     f16 at 64px (4x4 tokens; fully convolutional, so 128px images give 8x8), 16 base
            channels, 1 residual block per level, LayerNorm, FSQ with 256 codes (levels 4, 4, 4,
-           4), L2 loss, no adversarial loss, 1000 steps; the CPU demo's tokenizer (minutes on 2 cores;
-           README gives its PSNR and codebook usage).
+           4), L2 loss, no adversarial loss, 1000 steps; the CPU demo's tokenizer (minutes on 2
+           cores; README gives its PSNR and codebook usage).
   f16-256  the base model's tokenizer: 256px -> 16x16 tokens, 8192 codes, base channels 128,
            multipliers (1, 1, 2, 2, 4), 2 residual blocks per level (paper).
   f8-512   the super-res tokenizer: 512px -> 64x64 tokens, 8192 codes, multipliers (1, 1, 2, 4).
