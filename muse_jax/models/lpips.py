@@ -119,25 +119,14 @@ def abstract_params() -> dict:
 # ------------------------------------------------------------------------------------------------
 # Weights.
 
-def _missing(what: str, source: str):
-  def error(path) -> FileNotFoundError:
+def read(path, what: str = "weights", source: str = f"{VGG_SOURCE}, or {LIN_SOURCE}") -> dict:
+  """{torch key: numpy array} of one weight file (.pth needs torch) or its safetensors
+  conversion; a missing file raises FileNotFoundError naming `what` it is and its `source`."""
+  def missing(p) -> FileNotFoundError:
     return FileNotFoundError(
-        f"LPIPS {what} {path!r} not found: it is {source} (or its .safetensors conversion, "
+        f"LPIPS {what} {p!r} not found: it is {source} (or its .safetensors conversion, "
         f"`{_CONVERT} IN.pth OUT.safetensors`); pass its path")
-  return error
-
-
-def read_vgg(path) -> dict:
-  """{torch key: numpy array} of torchvision's VGG16 weights (.pth needs torch) or their
-  safetensors conversion."""
-  return state_dict.read(path, _missing("VGG16 weights", VGG_SOURCE),
-                         f"{_CONVERT} {os.fspath(path)} OUT.safetensors")
-
-
-def read_lin(path) -> dict:
-  """{torch key: numpy array} of lpips' vgg.pth lin weights or their safetensors conversion."""
-  return state_dict.read(path, _missing("linear-layer weights", LIN_SOURCE),
-                         f"{_CONVERT} {os.fspath(path)} OUT.safetensors")
+  return state_dict.read(path, missing, f"{_CONVERT} {os.fspath(path)} OUT.safetensors")
 
 
 _SOURCES = {"VGG16 weights": VGG_SOURCE, "lin weights": LIN_SOURCE}
@@ -201,12 +190,8 @@ def params_from_state_dicts(vgg: dict, lin: dict) -> dict:
 
 def load_params(vgg_path, lin_path) -> dict:
   """LPIPS params (a numpy pytree) from the two weight files (see the module docstring)."""
-  return params_from_state_dicts(read_vgg(vgg_path), read_lin(lin_path))
-
-
-def _read_either(path) -> dict:
-  return state_dict.read(path, _missing("weights", f"{VGG_SOURCE}, or {LIN_SOURCE}"),
-                         f"{_CONVERT} {os.fspath(path)} OUT.safetensors")
+  return params_from_state_dicts(read(vgg_path, "VGG16 weights", VGG_SOURCE),
+                                 read(lin_path, "linear-layer weights", LIN_SOURCE))
 
 
 def _check_either(state: dict) -> None:
@@ -219,7 +204,7 @@ def _check_either(state: dict) -> None:
 def main(argv) -> int:
   return state_dict.convert_main(
       argv, f"{_CONVERT} {VGG_FILE}|vgg.pth OUT.safetensors (torchvision's VGG16 weights or "
-      f"lpips' {LIN_FILE})", _read_either, _check_either)
+      f"lpips' {LIN_FILE})", read, _check_either)
 
 
 if __name__ == "__main__":
