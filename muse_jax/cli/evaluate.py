@@ -29,6 +29,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
+from muse_jax import paths
 from muse_jax.data import scenes
 from muse_jax.metrics import alignment
 
@@ -320,7 +321,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
+  args = paths.resolve_args(parser().parse_args(argv), (
+      "checkpoint", "out", "tokenizer", "superres", "tokenizer_hi", "fid_weights"))
+  if args.data != "scenes":
+    args.data = paths.resolve(args.data)
   try:
     if args.num_images < 2:
       raise UsageError(f"--num-images must be >= 2, got {args.num_images}")
