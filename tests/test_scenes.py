@@ -54,7 +54,7 @@ def test_grain_reads_the_same_records():
 
 @pytest.mark.parametrize("resolution", [32, 64, 256])
 def test_record_types_and_ranges(resolution):
-  source = scenes.SceneSource(40, resolution, seed=2)
+  source = scenes.SceneSource(40, resolution, seed=2, max_objects=2)
   for i in range(0, 40, 3):
     r = source[i]
     assert r["image"].shape == (resolution, resolution, 3) and r["image"].dtype == np.uint8
@@ -99,8 +99,13 @@ def test_splits_respect_held_out_pairs():
   assert [train[i]["caption"] for i in range(20)] != [seen[i]["caption"] for i in range(20)]
 
 
+def test_default_scenes_hold_one_object():
+  source = scenes.SceneSource(50, 32, split="train")
+  assert all(len(source.attributes(i)[0]["objects"]) == 1 for i in range(50))
+
+
 def test_train_covers_every_colour_shape_position_size_and_template():
-  source = scenes.SceneSource(N, 32, split="train")
+  source = scenes.SceneSource(N, 32, split="train", max_objects=2)
   counts = collections.Counter()
   for i in range(N):
     attrs, template = source.attributes(i)
@@ -115,7 +120,7 @@ def test_train_covers_every_colour_shape_position_size_and_template():
 
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_every_caption_parses_back(split):
-  source = scenes.SceneSource(N, 32, seed=7, split=split)
+  source = scenes.SceneSource(N, 32, seed=7, split=split, max_objects=2)
   for i in range(N):
     attrs, template = source.attributes(i)
     caption = scenes.prompt_for(attrs, template)
@@ -134,20 +139,20 @@ def test_every_caption_parses_back(split):
 
 @pytest.mark.parametrize("template", range(len(scenes.TEMPLATES)))
 def test_prompt_for_each_template(template):
-  attrs = {"objects": [{"colour": "orange", "shape": "ring", "position": "left", "size": "small"},
-                       {"colour": "blue", "shape": "star", "position": "top", "size": "large"}]}
+  attrs = {"objects": [{"colour": "orange", "shape": "triangle", "position": "left", "size": "small"},
+                       {"colour": "blue", "shape": "cross", "position": "top", "size": "large"}]}
   caption = scenes.prompt_for(attrs, template)
   assert caption == scenes.prompt_for(attrs, scenes.TEMPLATES[template])
   assert [(p["colour"], p["shape"]) for p in scenes.parse_caption(caption)] == [
-      ("orange", "ring"), ("blue", "star")], caption
+      ("orange", "triangle"), ("blue", "cross")], caption
   assert "a orange" not in caption and "an small" not in caption, caption    # article agrees
 
 
 def test_parse_handwritten_prompts():
   assert scenes.parse_caption("A big Red circle in the centre.") == [
       {"colour": "red", "shape": "circle", "size": "large", "position": "center"}]
-  assert scenes.parse_caption("a tiny white star on the left of the image") == [
-      {"colour": "white", "shape": "star", "size": "small", "position": "left"}]
+  assert scenes.parse_caption("a tiny white cross on the left of the image") == [
+      {"colour": "white", "shape": "cross", "size": "small", "position": "left"}]
   assert scenes.parse_caption("green square below a black cross") == [
       {"colour": "green", "shape": "square", "relation": ("below", 1)},
       {"colour": "black", "shape": "cross"}]
@@ -165,7 +170,8 @@ def _palette_labels(pixels):
 
 @pytest.mark.parametrize("resolution", [32, 64, 256])
 def test_pixels_show_the_stated_colour_and_position(resolution):
-  source = scenes.SceneSource(60 if resolution == 256 else 150, resolution, seed=11)
+  source = scenes.SceneSource(60 if resolution == 256 else 150, resolution, seed=11,
+                              max_objects=2)
   names = list(scenes.COLOURS)
   for i in range(len(source)):
     r = source[i]
@@ -199,9 +205,9 @@ def test_render_a_parsed_prompt():
     (lambda: scenes.SceneSource(10, split="test"), "unknown scene split"),
     (lambda: scenes.SceneSource(0), "num_examples > 0"),
     (lambda: scenes.SceneSource(10, max_objects=9), "max_objects"),
-    (lambda: scenes.prompt_for([{"colour": "red", "shape": "star"}], "relation"), "exactly 2"),
-    (lambda: scenes.prompt_for([{"colour": "red", "shape": "star"}], "full"), "needs a size"),
-    (lambda: scenes.render([{"colour": "pink", "shape": "star"}], 32), "colour 'pink'"),
+    (lambda: scenes.prompt_for([{"colour": "red", "shape": "cross"}], "relation"), "exactly 2"),
+    (lambda: scenes.prompt_for([{"colour": "red", "shape": "cross"}], "full"), "needs a size"),
+    (lambda: scenes.render([{"colour": "pink", "shape": "cross"}], 32), "colour 'pink'"),
 ])
 def test_clear_errors(make, match):
   with pytest.raises(ValueError, match=match):

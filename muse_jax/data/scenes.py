@@ -4,12 +4,22 @@ The project's embedded default data set: it needs no download, renders at any re
 and its captions are generated from known attributes, so generated images can be scored against
 their prompts (`parse_caption` a prompt, compare with what a detector finds or with `render`).
 
-A scene is a fixed mid-grey background with 1..max_objects objects. Each object has a colour
-(COLOURS), a shape (SHAPES), a position (POSITIONS: the left/right/top/bottom/center cells of a 3x3
-grid; objects of one scene are in distinct cells, so "a red circle to the left of a blue square"
-is always true) and a size (SIZES). Bounding boxes never overlap. The background is one fixed grey
-on purpose: no caption mentions it, so a varying background would only be unexplained variance for
-a tiny demo model, and mid-grey keeps all eight colours, white and black included, at high contrast.
+A scene is a fixed mid-grey background with 1..max_objects objects (MAX_OBJECTS = 1 by default).
+Each object has a colour (COLOURS), a shape (SHAPES), a position (POSITIONS: the left/right/top/
+bottom/center cells of a 3x3 grid; objects of one scene are in distinct cells, so "a red circle to
+the left of a blue square" is always true) and a size (SIZES). Bounding boxes never overlap. The
+background is one fixed grey on purpose: no caption mentions it, so a varying background would
+only be unexplained variance for a tiny demo model, and mid-grey keeps all eight colours, white
+and black included, at high contrast.
+
+The world is sized to what a CPU demo can learn in minutes (benchmarks/RESULTS.md, "A world sized
+to the demo"): objects are 22% and 34% of the image side, so at the demo's 32 px base resolution
+an object spans 2-3 tokens of a factor-4 tokenizer and its shape survives tokenization (an object
+inside one 16-px token of the earlier f16 demo came back as a blob, shape at chance); the four
+shapes differ in silhouette at that size (a star and a ring at 7 px did not). One object per scene
+by default: two objects of these sizes fit only with fewer free layouts, and every extra object
+multiplies what "all attributes" must get right; `max_objects=2` keeps the two-object captions
+and relations (scored >= 98% from 64 px up, tests/test_alignment.py).
 
 Held-out compositions: HELD_OUT (colour, shape) pairs never occur in split="train" (each colour and
 each shape still appears there with other partners); split="eval" draws only scenes with at least
@@ -44,7 +54,7 @@ COLOURS = {                      # name -> RGB; every pair at least ~95 apart, a
     "white": (245, 245, 245),
     "black": (25, 25, 25),
 }
-SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
+SHAPES = ("circle", "square", "triangle", "cross")
 POSITIONS = {                    # name -> centre of its cell of a 3x3 grid, (x, y) in [0, 1]
     "left": (1 / 6, 1 / 2),
     "right": (5 / 6, 1 / 2),
@@ -52,18 +62,20 @@ POSITIONS = {                    # name -> centre of its cell of a 3x3 grid, (x,
     "bottom": (1 / 2, 5 / 6),
     "center": (1 / 2, 1 / 2),
 }
-SIZES = {"small": 0.085, "large": 0.14}   # name -> half the side of the object's box, in image sides
+SIZES = {"small": 0.11, "large": 0.17}    # name -> half the side of the object's box, in image sides
 BACKGROUNDS = {"grey": (128, 128, 128)}
 BACKGROUND = "grey"
 
-# One held-out partner per shape, six distinct colours; orange and black are never held out.
-HELD_OUT = frozenset({("red", "star"), ("green", "triangle"), ("blue", "ring"),
-                      ("yellow", "square"), ("purple", "circle"), ("white", "cross")})
+# Six held-out pairs, each shape with one or two partners and six distinct colours; orange and
+# black are never held out, so every colour and every shape still occurs in training.
+HELD_OUT = frozenset({("blue", "circle"), ("purple", "circle"), ("green", "square"),
+                      ("red", "triangle"), ("white", "triangle"), ("yellow", "cross")})
 ALL_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES)
 SEEN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELD_OUT)
 SPLITS = {"train": 0, "eval": 1, "eval_seen": 2}
 
 MIN_RESOLUTION = 16
+MAX_OBJECTS = 1      # objects per scene by default (the module docstring says why)
 _JITTER = 0.07       # max offset of an object's centre from its cell centre (cells are 1/3 wide)
 _MARGIN = 0.01       # min distance from an object's box to the image border
 _GAP = 0.04          # min distance between the boxes of two objects
@@ -262,24 +274,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: fl
   """Fills (255) a shape whose box is [x-r, x+r] x [y-r, y+r] on a coverage mask."""
   if shape == "circle":
     draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
-  elif shape == "ring":
-    draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
-    q = 0.55 * r
-    draw.ellipse([x - q, y - q, x + q, y + q], fill=0)
   elif shape == "square":
     draw.polygon([(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)], fill=255)
   elif shape == "triangle":
     draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=255)
-  elif shape == "star":          # outer radius so the width is 2r; centred on its own box
-    ro = r / math.sin(math.radians(72))
-    ri = 0.45 * ro
-    dy = ro * (1 - math.cos(math.radians(36))) / 2
-    pts = []
-    for k in range(10):
-      rad = ro if k % 2 == 0 else ri
-      a = math.radians(-90 + 36 * k)
-      pts.append((x + rad * math.cos(a), y + dy + rad * math.sin(a)))
-    draw.polygon(pts, fill=255)
   elif shape == "cross":
     t = 0.34 * r
     draw.polygon([(x - t, y - r), (x + t, y - r), (x + t, y - t), (x + r, y - t), (x + r, y + t),
@@ -340,7 +338,8 @@ def _boxes_apart(a, b) -> bool:
   return abs(ax - bx) >= ar + br + _GAP or abs(ay - by) >= ar + br + _GAP
 
 
-def sample_attributes(rng: np.random.Generator, split: str = "train", max_objects: int = 2) -> dict:
+def sample_attributes(rng: np.random.Generator, split: str = "train",
+                      max_objects: int = MAX_OBJECTS) -> dict:
   """Random scene attributes (no pixel boxes) for a split; see the module docstring."""
   n = int(rng.integers(1, max_objects + 1))
   if split == "eval":
@@ -352,13 +351,13 @@ def sample_attributes(rng: np.random.Generator, split: str = "train", max_object
   else:
     pairs = [SEEN_PAIRS[int(k)] for k in rng.choice(len(SEEN_PAIRS), n, replace=False)]
   names = list(POSITIONS)
-  positions = [names[int(k)] for k in rng.choice(len(names), n, replace=False)]
-  sizes = [tuple(SIZES)[int(k)] for k in rng.integers(0, len(SIZES), n)]
-  for attempt in range(9):       # jittered centres until the boxes are apart; else cell centres
+  while True:    # layouts until the boxes are apart (2+ objects at these sizes can touch)
+    positions = [names[int(k)] for k in rng.choice(len(names), n, replace=False)]
+    sizes = [tuple(SIZES)[int(k)] for k in rng.integers(0, len(SIZES), n)]
     centers = []
     for position, size in zip(positions, sizes):
       lo, hi = SIZES[size] + _MARGIN, 1 - SIZES[size] - _MARGIN
-      jitter = rng.uniform(-_JITTER, _JITTER, 2) if attempt < 8 else np.zeros(2)
+      jitter = rng.uniform(-_JITTER, _JITTER, 2)
       centers.append(tuple(float(np.clip(c + j, lo, hi))
                            for c, j in zip(POSITIONS[position], jitter)))
     circles = [(cx, cy, SIZES[z]) for (cx, cy), z in zip(centers, sizes)]
@@ -380,7 +379,7 @@ class SceneSource:
   """
 
   def __init__(self, num_examples: int, resolution: int = 256, seed: int = 0,
-               split: str = "train", max_objects: int = 2, templates=None):
+               split: str = "train", max_objects: int = MAX_OBJECTS, templates=None):
     if num_examples <= 0:
       raise ValueError(f"scene source needs num_examples > 0, got {num_examples}")
     if isinstance(resolution, bool) or int(resolution) != resolution or resolution < MIN_RESOLUTION:
