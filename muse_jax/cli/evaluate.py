@@ -17,6 +17,18 @@ every (guidance, temperature) of the sweep, prompt alignment (muse_jax/metrics/a
 scene prompts of the held-out ("eval": unseen colour-shape pairs) and "eval_seen" splits
 separately, and FID against the scenes rendered from the same prompts when --fid-weights is
 given. sweep.png plots alignment against FID (or against guidance without FID).
+
+Links (--links, a base workdir + --tokenizer [+ --superres --tokenizer-hi]): where a prompt's
+attributes are lost, link by link (muse_jax/metrics/links.py): ground truth, tokenizer
+reconstructions, teacher-forced base denoising at each --rates (one forward pass, argmax, with
+--teacher-guidance; 0 = conditional logits only) with masked-token accuracy on object and
+background tokens, base-only samples, super-res from ground-truth base tokens and the cascade, on
+the same --num-images prompts per split and --seed; sampling at one --guidance / --temperature
+(default muse-sample's: guidance 4, temperature 1) -> links.json, report.md (one table) and
+links.png (a few prompts across the links).
+
+  muse-eval --links --checkpoint W/base --tokenizer W/vq --superres W/superres \
+      --tokenizer-hi W/vq --num-images 96 --out /tmp/links
 """
 import argparse
 import dataclasses
@@ -140,10 +152,9 @@ def background_codes(images_NxRxRx3: np.ndarray, ids_NxT: np.ndarray) -> dict:
 def scene_prompts(split: str, num: int, seed: int = 0, resolution: int = 64) -> tuple:
   """(prompts, ground-truth images uint8) of `num` scenes of a split; captions that state every
   attribute a detector can check, in several phrasings."""
-  source = scenes.SceneSource(num, resolution, seed=seed, split=split,
-                              templates=("full", "part", "there_is", "relation_sized"))
-  recs = [source[i] for i in range(num)]
-  return [r["caption"] for r in recs], np.stack([r["image"] for r in recs])
+  from muse_jax.metrics import links   # the links report uses the same prompts
+  prompts, (images,) = links.scene_prompts(split, num, seed, (resolution,))
+  return prompts, images
 
 
 def evaluate_generator(sample, num_prompts: int, guidances, temperatures, seed: int = 0,
@@ -199,6 +210,28 @@ def pipeline_sampler(base: str, tokenizer: str, superres=None, tokenizer_hi=None
   return sample
 
 
+def evaluate_links(base: str, tokenizer: str, superres=None, tokenizer_hi=None, *,
+                   num_images: int, seed: int, guidance=None, temperature=None,
+                   rates=None, teacher_guidance: float = 0.0):
+  """muse_jax.metrics.links over a pipeline built from the paths -> LinksResult. guidance /
+  temperature: one value for both stages (None: muse-sample's defaults)."""
+  from muse_jax import pipeline
+  from muse_jax.metrics import links
+  pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(
+      base=base, tokenizer=tokenizer, superres=superres, tokenizer_hi=tokenizer_hi))
+  default, stages = links.LinksConfig(), {}
+  for stage in ("base", "superres"):
+    dc = getattr(default, stage)
+    if guidance is not None:
+      dc = dataclasses.replace(dc, guidance_scale=float(guidance))
+    if temperature is not None:
+      dc = dataclasses.replace(dc, temperature=float(temperature))
+    stages[stage] = dc
+  cfg = links.LinksConfig(num_images=num_images, seed=seed, teacher_guidance=teacher_guidance,
+                          rates=tuple(rates or links.DEFAULT_RATES), **stages)
+  return links.evaluate_links(pipe, cfg)
+
+
 # ------------------------------------------------------------------------------------------------
 # Plot and reports.
 
@@ -233,7 +266,53 @@ def plot_sweep(sweep: list, path: str, size=(480, 360)) -> None:
   img.save(path)
 
 
+ALIGNMENT_COLUMNS = ("all", "colour", "shape", "position", "size", "count")
+
+
+def _pair(values) -> str:
+  """'held-out / seen' cell; '-' for a missing value."""
+  return " / ".join("-" if v is None else f"{v:.3f}" for v in values)
+
+
+def _links_markdown(report: dict) -> str:
+  """One table: a row per link, each cell 'held-out / seen'."""
+  tf, n = report["teacher_forcing"], report["num_prompts_per_split"]
+  lines = [
+      "# muse-eval: links", "",
+      f"{n} prompts per split (held-out / seen (colour, shape) pairs in every cell), seed "
+      f"{report['seed']}; every row scored at {report['scored_resolution']} px (lower "
+      f"resolutions upsampled by nearest neighbour). Teacher-forced: the ground truth's base "
+      f"tokens, a fraction masked, one forward pass (guidance {tf['guidance']:g}), argmax; "
+      f"token accuracy over the masked tokens whose patch holds object pixels / only grey "
+      f"background. Sampling: base {_decode_text(report['sampling']['base'])}"
+      + (f", super-res {_decode_text(report['sampling']['superres'])}"
+         if report["sampling"]["superres"] else "") + ".", "",
+      "| link | " + " | ".join(ALIGNMENT_COLUMNS) + " | token acc. object | token acc. "
+      "background | object share of masked |", "| --- " * 10 + "|"]
+  for row in report["rows"]:
+    cells = [_pair(row["alignment"][s][k] for s in ("eval", "eval_seen"))
+             for k in ALIGNMENT_COLUMNS]
+    tok = row.get("tokens")
+    if tok:
+      cells += [_pair(tok[s][k] for s in ("eval", "eval_seen"))
+                for k in ("accuracy_object", "accuracy_background")]
+      cells.append(_pair(tok[s]["masked_object"] / max(tok[s]["masked"], 1)
+                         for s in ("eval", "eval_seen")))
+    else:
+      cells += ["-"] * 3
+    lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+  lines += ["", "![links](links.png)"]
+  return "\n".join(lines) + "\n"
+
+
+def _decode_text(dc: dict) -> str:
+  return (f"{dc['num_steps']} steps, guidance {dc['guidance_scale']:g} "
+          f"({dc['guidance_schedule']}), temperature {dc['temperature']:g}")
+
+
 def _markdown(report: dict) -> str:
+  if report["kind"] == "links":
+    return _links_markdown(report)
   lines = [f"# muse-eval: {report['kind']}", ""]
   if report["kind"] == "tokenizer":
     lines += ["| metric | value |", "| --- | --- |"]
@@ -266,6 +345,18 @@ def _markdown(report: dict) -> str:
                    + f" | {fid_cell} |")
   lines += ["", "![sweep](sweep.png)"]
   return "\n".join(lines) + "\n"
+
+
+def write_links_report(result, out: str) -> None:
+  """links.json, report.md and links.png (the grid: a few prompts across the links)."""
+  from muse_jax import grids
+  os.makedirs(out, exist_ok=True)
+  grids.save_labelled_grid(os.path.join(out, "links.png"), result.grid_images_BxHxWx3,
+                           result.grid_labels, cols=result.grid_cols)
+  with open(os.path.join(out, "links.json"), "w") as f:
+    json.dump(result.report, f, indent=2)
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(_markdown(result.report))
 
 
 def write_report(report: dict, out: str) -> None:
@@ -314,10 +405,45 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--tokenizer", help="generator: its tokenizer")
   p.add_argument("--superres", help="generator: super-res workdir")
   p.add_argument("--tokenizer-hi", help="generator: the super-res tokenizer")
-  p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 2.0, 4.0])
-  p.add_argument("--temperature", type=float, nargs="+", default=[1.0])
+  p.add_argument("--guidance", type=float, nargs="+",
+                 help="generator: the sweep (default 0 2 4); --links: one value (default 4)")
+  p.add_argument("--temperature", type=float, nargs="+",
+                 help="generator: the sweep (default 1); --links: one value (default 1)")
   p.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (or .safetensors)")
+  p.add_argument("--links", action="store_true",
+                 help="generator: alignment link by link (ground truth, tokenizer, teacher-"
+                 "forced base, base samples, super-res, cascade) -> links.json, report.md")
+  p.add_argument("--rates", type=float, nargs="+", default=None,
+                 help="--links: masking rates of the teacher-forced rows (default 0.25 0.5 "
+                 "0.75 1)")
+  p.add_argument("--teacher-guidance", type=float, default=0.0,
+                 help="--links: guidance of the teacher-forced pass (default 0: conditional)")
   return p
+
+
+def _single(values, flag: str):
+  if values is None:
+    return None
+  if len(values) != 1:
+    raise UsageError(f"--links samples at one {flag}; got {len(values)} values {values}")
+  return values[0]
+
+
+def _run_links(args) -> None:
+  if not args.tokenizer:
+    raise UsageError("--links needs --tokenizer (the base tokenizer: muse-convert folder or "
+                     "vqgan workdir)")
+  if args.rates is not None and any(not 0.0 <= r <= 1.0 for r in args.rates):
+    raise UsageError(f"--rates must lie in [0, 1], got {args.rates}")
+  if args.teacher_guidance < 0:
+    raise UsageError(f"--teacher-guidance must be >= 0, got {args.teacher_guidance}")
+  result = evaluate_links(
+      args.checkpoint, args.tokenizer, args.superres, args.tokenizer_hi,
+      num_images=args.num_images, seed=args.seed,
+      guidance=_single(args.guidance, "--guidance"),
+      temperature=_single(args.temperature, "--temperature"), rates=args.rates,
+      teacher_guidance=args.teacher_guidance)
+  write_links_report(result, args.out)
 
 
 def main(argv=None) -> int:
@@ -329,6 +455,13 @@ def main(argv=None) -> int:
     if args.num_images < 2:
       raise UsageError(f"--num-images must be >= 2, got {args.num_images}")
     kind = _checkpoint_kind(args.checkpoint)
+    if args.links:
+      if kind != "generator":
+        raise UsageError(f"--links takes a base checkpoint; --checkpoint {args.checkpoint} is a "
+                         f"tokenizer")
+      _run_links(args)
+      print(f"muse-eval: wrote {os.path.join(args.out, 'links.json')}, report.md and links.png")
+      return 0
     if kind == "tokenizer":
       captions = None
       if args.data == "scenes":
@@ -346,8 +479,8 @@ def main(argv=None) -> int:
         scorer = fid.FIDScorer(args.fid_weights, args.batch_size)
       sample = pipeline_sampler(args.checkpoint, args.tokenizer, args.superres,
                                 args.tokenizer_hi)
-      report = evaluate_generator(sample, args.num_images, args.guidance, args.temperature,
-                                  args.seed, scorer)
+      report = evaluate_generator(sample, args.num_images, args.guidance or [0.0, 2.0, 4.0],
+                                  args.temperature or [1.0], args.seed, scorer)
       report["checkpoint"] = args.checkpoint
     write_report(report, args.out)
   except Exception as e:  # noqa: BLE001  user mistakes are reported, bugs re-raised
