@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from muse_jax import treepath
+from muse_jax import paths, treepath
 
 
 class CheckpointError(RuntimeError):
@@ -38,7 +38,9 @@ class Checkpointer:
   """Wraps an orbax CheckpointManager with the items every stage saves."""
 
   def __init__(self, directory, every: int, keep: int, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    # orbax refuses relative paths only at the first save; entry points resolve theirs
+    # (muse_jax/paths.py), this covers library callers.
+    self.directory = epath.Path(paths.resolve(os.fspath(directory)))
     if every <= 0 or keep <= 0:
       raise ValueError(f"checkpoint.every and checkpoint.keep must be positive, got {every}, {keep}")
     self.every = int(every)
@@ -125,8 +127,9 @@ def abstract_with_shardings(abstract_tree, shardings):
 
 def step_dir(path) -> epath.Path:
   """The checkpoint folder that `path` names: a workdir (its latest step), its checkpoints/
-  folder, or one step folder."""
-  path = epath.Path(path)
+  folder, or one step folder. Always absolute: orbax's readers find no metadata under a relative
+  path."""
+  path = epath.Path(paths.resolve(os.fspath(path)))
   for candidate in (path / "checkpoints", path):
     steps = [int(p.name) for p in candidate.iterdir() if p.name.isdigit()] if candidate.is_dir() else []
     if steps:
@@ -162,7 +165,11 @@ class _NoStepMetadataWarning(std_logging.Filter):
 def _read_params(directory, prefer_ema: bool) -> dict:
   with ocp.PyTreeCheckpointer() as reader:
     meta = reader.metadata(directory)
-    meta = dict(getattr(meta, "item_metadata", meta).tree)
+    meta = getattr(meta, "item_metadata", meta)
+    if meta is None:    # orbax logs why and returns None: unreadable or not a PyTree item
+      raise CheckpointError(f"{directory} holds no readable checkpoint metadata (expected the "
+                            f"'state' item of a training checkpoint)")
+    meta = dict(meta.tree)
     extra = meta.get("extra") or {}
     ema = prefer_ema and isinstance(extra, dict) and "ema_params" in extra
     want = {"extra": {"ema_params": extra["ema_params"]}} if ema else {"params": meta["params"]}

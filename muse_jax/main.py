@@ -5,7 +5,8 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from muse_jax import hostenv
+from muse_jax import hostenv, paths
+from muse_jax.cli import flag_help
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
                                           lock_config=True)
@@ -29,7 +30,8 @@ def main(argv):
   from muse_jax.train import loop  # after distributed init: it may touch devices
   logging.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
                jax.device_count())
-  out = loop.run(_CONFIG.value, _WORKDIR.value)
+  config = paths.resolve_config(_CONFIG.value)   # relative paths: absolute, once, here
+  out = loop.run(config, paths.resolve(_WORKDIR.value))
   if out["preempted"]:
     logging.warning("stopped for preemption at step %d; rerun the same command to resume",
                     out["final_step"])
@@ -37,6 +39,7 @@ def main(argv):
 
 def run_main():
   hostenv.reexec_with_hugepages()
+  flag_help.adopt_for_main(__name__, __doc__)   # muse-train --help lists the flags
   app.run(main)
 
 

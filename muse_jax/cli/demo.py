@@ -26,6 +26,8 @@ import time
 from absl import logging
 import ml_collections
 
+from muse_jax import paths
+
 LO_RES, HI_RES = 64, 128
 
 
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
   parser.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE",
                       help="override a stage's training config (stages: vq, base, superres), "
                       "e.g. --set base.train.num_steps=8000; repeatable")
-  args = parser.parse_args(argv)
+  args = paths.resolve_args(parser.parse_args(argv), ("workdir",))
   try:
     sets = parse_sets(args.set)
   except ValueError as e:

@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 from safetensors import numpy as st_numpy
 
-from muse_jax import checkpoint
+from muse_jax import checkpoint, paths
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
+  args = paths.resolve_args(parser().parse_args(argv), ("workdir", "out"))
   try:
     steps = [s for s in checkpoint_steps(args.workdir) if s >= args.min_step
              and (args.max_step is None or s <= args.max_step)]
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                        f"{args.max_step}]")
     params, steps, config = ema_over_checkpoints(args.workdir, args.decay, steps)
     save_export(args.out, params, config, {"ema_decay": args.decay, "ema_steps": steps,
-                                           "workdir": os.path.abspath(args.workdir)})
+                                           "workdir": args.workdir})
   except (UsageError, checkpoint.CheckpointError, FileNotFoundError) as e:
     print(f"muse-ema: error: {e}", file=sys.stderr)
     return 1

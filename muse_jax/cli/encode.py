@@ -35,7 +35,7 @@ import numpy as np
 import PIL.Image
 import tqdm
 
-from muse_jax import checkpoint
+from muse_jax import checkpoint, paths
 from muse_jax.convert import vq
 from muse_jax.data import preencoded, preprocess, sources
 from muse_jax.models import vqgan
@@ -52,7 +52,8 @@ class UsageError(ValueError):
 def load_tokenizer(path: str):
   """(VQGANConfig, params) from a muse-convert folder or a tokenizer training workdir."""
   if not os.path.exists(path):
-    raise UsageError(f"tokenizer {path} does not exist")
+    raise UsageError(f"tokenizer {path} does not exist; expected a muse-convert folder "
+                     f"(config.json + params.safetensors) or a tokenizer training workdir")
   if os.path.isfile(os.path.join(path, vq.CONFIG_FILE)):
     cfg, params = vq.load(path)
     return cfg, params.get("params", params)
@@ -152,10 +153,17 @@ def _report(name: str, counter: preprocess.SkipCounter, written: int, extra: dic
 # ------------------------------------------------------------------------------------------------
 # Pass 1: images -> token ids (+ the caption, for pass 2).
 
+def _tokenizer_flag(flag: str, path: str, mesh) -> Tokenizer:
+  try:
+    return Tokenizer(path, mesh)
+  except (UsageError, checkpoint.CheckpointError) as e:
+    raise UsageError(f"{flag}: {e}") from e
+
+
 def encode_images(args) -> int:
   mesh = _local_mesh()
-  lo = Tokenizer(args.tokenizer, mesh)
-  hi = Tokenizer(args.tokenizer_hi, mesh) if args.tokenizer_hi else None
+  lo = _tokenizer_flag("--tokenizer", args.tokenizer, mesh)
+  hi = _tokenizer_flag("--tokenizer-hi", args.tokenizer_hi, mesh) if args.tokenizer_hi else None
   if hi is not None and not args.resolution_hi:
     raise UsageError("--tokenizer-hi needs --resolution-hi (e.g. 512 for the f8 tokenizer)")
   _check_batch(args.batch_size, lo.shards)
@@ -266,7 +274,7 @@ def decode_ids(args) -> int:
   inputs = sorted(glob.glob(args.input))
   if not inputs:
     raise UsageError(f"--input {args.input!r} matches no shards")
-  tok = Tokenizer(args.tokenizer, _local_mesh())
+  tok = _tokenizer_flag("--tokenizer", args.tokenizer, _local_mesh())
   _check_batch(args.batch_size, tok.shards)
   os.makedirs(args.out, exist_ok=True)
   ids, captions = [], []
@@ -304,6 +312,11 @@ def decode_ids(args) -> int:
   print(f"muse-encode decode: wrote {len(u8)} images of {u8[0].shape[0]}px and grid.png to "
         f"{args.out}")
   return 0
+
+
+# Path flags, resolved once in main() (relative to the current directory; gs:// kept).
+PATH_ARGS = ("tokenizer", "tokenizer_hi", "captions_file", "tfds_data_dir", "input",
+             "text_encoder_path", "out")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -346,11 +359,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
+  args = paths.resolve_args(parser().parse_args(argv), PATH_ARGS)
+  if getattr(args, "source", None) != "tfds":     # for tfds, --path is a dataset name
+    paths.resolve_args(args, ("path",))
   run = {"images": encode_images, "text": encode_text, "decode": decode_ids}[args.command]
   try:
     return run(args)
-  except (UsageError, preprocess.DataError, FileNotFoundError, ImportError) as e:
+  except (UsageError, preprocess.DataError, checkpoint.CheckpointError, FileNotFoundError,
+          ImportError) as e:
     print(f"muse-encode {args.command}: error: {e}", file=sys.stderr)
     return 1
 

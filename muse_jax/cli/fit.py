@@ -25,6 +25,9 @@ from absl import app, flags  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from muse_jax import paths  # noqa: E402
+from muse_jax.cli import flag_help  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
                                           lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v4:4x8x8, v5e:16x16.")
@@ -86,7 +89,7 @@ def main(argv):
   hbm_gib, peak = chip_spec(kind)
   chips = len(devices)
 
-  setup = loop.Setup(config, devices=devices)
+  setup = loop.Setup(paths.resolve_config(config), devices=devices)
   print(f"{config.stage} size={config.get('size')} on {name}: {chips} x {kind}, mesh "
         f"{dict(setup.mesh.shape)}, global batch {setup.global_batch}", flush=True)
   try:
@@ -132,6 +135,7 @@ def main(argv):
 
 
 def run_main():
+  flag_help.adopt_for_main(__name__, __doc__)   # muse-fit --help lists the flags
   app.run(main)
 
 

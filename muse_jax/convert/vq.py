@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as st_numpy
 
+from muse_jax import paths
 from muse_jax.models.vqgan import VQGAN, VQGANConfig
 
 FORMAT = "muse_jax.vqgan"
@@ -396,7 +397,7 @@ def main(argv=None, converters=None) -> int:
   parser.add_argument("--pixel-range", type=float, nargs=2, metavar=("LO", "HI"),
                       help="tokenizers: image range at the model's input and output")
   parser.add_argument("--variant", help="diffusers weights variant, e.g. fp16")
-  args = parser.parse_args(argv)
+  args = paths.resolve_args(parser.parse_args(argv), ("src", "out"))
   args.set = dict(args.set)
   try:
     result = converters[args.source](args.src, args.out, args)
