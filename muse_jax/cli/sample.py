@@ -4,23 +4,32 @@ r"""muse-sample: prompts -> PNG images with the base model (and super-res, when 
       [--superres /ckpt/superres --tokenizer-hi /ckpt/vq_f8] \
       --prompt "a red circle to the left of a blue square" --prompt "a green triangle" \
       [--negative-prompt "yellow"] --num-images 4 --guidance 4 --seed 0 --out /tmp/samples
+  muse-sample --checkpoint runs/base --tokenizer runs/vq --prompts-file prompts.jsonl --out out
 
 --checkpoint / --superres: training workdirs (their latest checkpoint; EMA params when saved).
---tokenizer / --tokenizer-hi: muse-convert folders or tokenizer training workdirs. Writes
-OUT/PPP_KK.png (prompt PPP, image KK), OUT/grid.png (one row per prompt) and OUT/settings.json
-(every setting used, the resolved paths and the output files). Classifier-free guidance rises
-linearly from 0 to --guidance over the steps (Muse); --guidance 0 turns it off.
+--tokenizer / --tokenizer-hi: muse-convert folders or tokenizer training workdirs. Relative paths
+are taken from the current directory. Writes OUT/ID_KK.png (prompt ID, image KK), OUT/grid.png
+(one row per prompt) and OUT/settings.json (every setting used, the absolute paths, the prompt
+ids and the output files). Classifier-free guidance rises linearly from 0 to --guidance over the
+steps (Muse); --guidance 0 turns it off.
+
+Prompts: --prompt (repeatable; ids 000, 001, ...) or --prompts-file FILE, not both. FILE is plain
+text, one prompt per line (blank lines skipped; id = the line number, zero-padded), or JSONL, one
+{"id": "...", "prompt": "..."} per line (chosen by a .jsonl name or a first line starting with
+'{'; other keys are ignored; an id may be left out: the line number). Ids name the output files:
+letters, digits, '.', '_', '-', not starting with '.' or '-', each once.
 """
 import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 
 import numpy as np
 import PIL.Image
 
-from muse_jax import checkpoint, decoding
+from muse_jax import checkpoint, decoding, paths
 from muse_jax.cli import encode as encode_cli
 from muse_jax.pipeline import Pipeline, PipelineError, PipelinePaths, SampleConfig, image_grid
 
@@ -40,8 +49,26 @@ def add_model_args(p: argparse.ArgumentParser):
   p.add_argument("--tokenizer-hi", help="tokenizer of the super-res tokens (with --superres)")
 
 
-def add_decode_args(p: argparse.ArgumentParser, guidance: float = 4.0):
-  p.add_argument("--prompt", action="append", required=True, help="repeatable")
+# Path flags of muse-sample and muse-edit, resolved once in main(); the model paths with what
+# each must be (for the message when one does not exist).
+MODEL_PATHS = {"checkpoint": "a training workdir of stage 'base'",
+               "tokenizer": "a muse-convert folder or a tokenizer training workdir",
+               "superres": "a training workdir of stage 'superres'",
+               "tokenizer_hi": "a muse-convert folder or a tokenizer training workdir"}
+PATH_ARGS = (*MODEL_PATHS, "out", "prompts_file", "image", "mask")
+
+
+def add_decode_args(p: argparse.ArgumentParser, guidance: float = 4.0,
+                    prompts_file: bool = False):
+  if prompts_file:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt", action="append", help="repeatable (ids 000, 001, ...)")
+    group.add_argument("--prompts-file", metavar="FILE",
+                       help="one prompt per line (blank lines skipped; ids: the line numbers) "
+                       "or JSONL {\"id\": ..., \"prompt\": ...}; outputs are ID_KK.png; "
+                       "instead of --prompt")
+  else:
+    p.add_argument("--prompt", action="append", required=True, help="repeatable")
   p.add_argument("--negative-prompt", action="append",
                  help="one for all prompts, or one per prompt (needs --guidance > 0)")
   p.add_argument("--num-images", type=int, default=1, help="images per prompt")
@@ -64,7 +91,77 @@ def check_prompts(args):
         raise UsageError(f"empty {flag}: every {flag} must contain some text")
 
 
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+
+
+def read_prompts_file(path: str) -> list:
+  """[(id, prompt)] from a plain-text or JSONL prompts file (module docstring); UsageError
+  naming the line for anything that is not."""
+  try:
+    with open(path, encoding="utf-8-sig") as f:     # -sig: a byte-order mark is not text
+      lines = f.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise UsageError(f"--prompts-file {path} cannot be read ({e}); expected a text file, one "
+                     f"prompt per line, or JSONL") from e
+  numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+  if not numbered:
+    raise UsageError(f"--prompts-file {path} holds no prompts ({len(lines)} lines, all blank)")
+  width = max(3, len(str(len(lines))))
+  jsonl = path.endswith(".jsonl") or numbered[0][1].lstrip().startswith("{")
+  out, seen = [], {}
+  for i, line in numbered:
+    pid, prompt = (_jsonl_prompt(path, i, line) if jsonl else (None, line.strip()))
+    pid = f"{i:0{width}d}" if pid is None else pid
+    if not _SAFE_ID.match(pid):
+      raise UsageError(f"--prompts-file {path} line {i}: id {pid!r} is not a safe file name "
+                       f"(expected letters, digits, '.', '_', '-', at most 100, not starting "
+                       f"with '.' or '-')")
+    if pid in seen:
+      raise UsageError(f"--prompts-file {path} line {i}: id {pid!r} is already used on line "
+                       f"{seen[pid]}; each id names output files and must be unique")
+    seen[pid] = i
+    out.append((pid, prompt))
+  return out
+
+
+def _jsonl_prompt(path: str, i: int, line: str):
+  where = f"--prompts-file {path} line {i}"
+  try:
+    rec = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise UsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); expected "
+                     f'{{"id": "...", "prompt": "..."}}') from e
+  if not isinstance(rec, dict):
+    raise UsageError(f'{where}: expected a JSON object {{"id": "...", "prompt": "..."}}, got '
+                     f"{type(rec).__name__}")
+  prompt = rec.get("prompt")
+  if not isinstance(prompt, str) or not prompt.strip():
+    raise UsageError(f'{where}: "prompt" must be a non-empty string, got {prompt!r}')
+  pid = rec.get("id")
+  if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
+    raise UsageError(f'{where}: "id" must be a string or an integer, got {pid!r}')
+  return (None if pid is None else str(pid)), prompt
+
+
+def prompts_with_ids(args) -> tuple:
+  """(ids, prompts) from --prompts-file or --prompt; sets args.prompt to the prompts."""
+  if getattr(args, "prompts_file", None):
+    ids, args.prompt = map(list, zip(*read_prompts_file(args.prompts_file)))
+    return ids, args.prompt
+  return [f"{p:03d}" for p in range(len(args.prompt))], args.prompt
+
+
+def check_model_paths(args):
+  """A model path that does not exist: a UsageError naming the flag and what it must be (the
+  pipeline reports paths that exist but hold the wrong thing)."""
+  for name, expected in MODEL_PATHS.items():
+    path = getattr(args, name, None)
+    if path and not paths.is_url(path) and not os.path.exists(path):
+      raise UsageError(f"--{name.replace('_', '-')} {path} does not exist; expected {expected}")
+
+
 def build_pipeline(args) -> Pipeline:
+  check_model_paths(args)
   if bool(args.superres) != bool(args.tokenizer_hi):
     raise UsageError("--superres and --tokenizer-hi go together: the super-res model's tokens "
                      "need the high-res tokenizer to become pixels")
@@ -109,13 +206,15 @@ def settings_of(args, pipe: Pipeline, cfg: SampleConfig) -> dict:
 
 
 def sample(args) -> int:
+  ids, prompts = prompts_with_ids(args)
   check_prompts(args)
   cfg = sample_config(args)
   pipe = build_pipeline(args)
-  samples = pipe.generate(args.prompt, cfg, args.negative_prompt)
+  samples = pipe.generate(prompts, cfg, args.negative_prompt)
   n = cfg.num_images
-  names = [f"{p:03d}_{k:02d}.png" for p in range(len(args.prompt)) for k in range(n)]
-  write_outputs(args.out, samples.images_BxHxWx3, n, settings_of(args, pipe, cfg), names)
+  names = [f"{pid}_{k:02d}.png" for pid in ids for k in range(n)]
+  settings = dict(settings_of(args, pipe, cfg), prompt_ids=ids)
+  write_outputs(args.out, samples.images_BxHxWx3, n, settings, names)
   print(f"muse-sample: wrote {len(names)} images of {pipe.resolution}px, grid.png and "
         f"settings.json to {args.out}")
   return 0
@@ -124,12 +223,12 @@ def sample(args) -> int:
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="muse-sample", description=__doc__.split("\n")[0])
   add_model_args(p)
-  add_decode_args(p)
+  add_decode_args(p, prompts_file=True)
   return p
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
+  args = paths.resolve_args(parser().parse_args(argv), PATH_ARGS)
   try:
     return sample(args)
   except ERRORS as e:
