@@ -64,9 +64,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = common.masked_token_data(
       source, p["text_length"], {"tokenizer": ("resolution", p["grid_size"] * 16)},
       scene_resolution=p["grid_size"] * 16)
-  if args.size == "tiny":
+  # Sample grids while training (muse_jax/tasks/samples.py): every train.sample_every steps (0:
+  # never) and after the last, these prompts are decoded with the current params and
+  # data.tokenizer into WORKDIR/samples/step_STEP.png and TensorBoard, and scored
+  # (samples/colour, ... in metrics.jsonl) when they are scene captions. A pre-encoded run sets
+  # data.tokenizer for them; without it there are no grids (one warning at start).
+  config.sample = ml_collections.ConfigDict({
+      "prompts": common.PAPER_PROMPTS if paper else common.scene_prompts(8),
+      "num_steps": 24, "guidance_scale": 4.0, "temperature": 1.0, "seed": 0,
+  })
+  if args.size == "tiny":   # no grids: synthetic tokens and 16-d text states without an encoder
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
+    config.train.sample_every = 0
   elif args.size == "demo":
     # Hidden 128 / MLP 512 for 4000 steps (was 256 / 1024 for 1600, the same 7 minutes on 2 CPU
     # cores): a few minutes of CPU buy ~1.6M training tokens, far too few for 4M parameters; the
@@ -75,11 +85,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # seen), colour 59 / 69% vs 62 / 62% (README "The demo on CPU").
     common.train_common(config, batch_size=64, num_steps=4000, log_every=100, ckpt_every=1000)
     common.demo_optim(config.optim)
-  elif args.size == "cpu-bench":
+    config.train.sample_every = 1000
+  elif args.size == "cpu-bench":   # no grids: synthetic tokens
     common.train_common(config, batch_size=16, num_steps=200, log_every=10, ckpt_every=100)
     config.optim.warmup_steps = 20
+    config.train.sample_every = 0
   else:
     common.train_common(config, batch_size=512, num_steps=1_000_000, log_every=100,
                         ckpt_every=5000)
+    config.train.sample_every = 5000
     config.mesh = common.mesh(data=1, fsdp=-1, tensor=1)
   return config

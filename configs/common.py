@@ -1,7 +1,20 @@
 """Shared config pieces: argument parsing, mesh, checkpoint and train defaults."""
 import ml_collections
 
+from muse_jax.data import scenes
 from muse_jax.parallel import axes
+
+# The paper presets' sample-grid prompts (train.sample_every): no scene words, so no alignment.
+PAPER_PROMPTS = (
+    "a photo of a corgi wearing sunglasses on a beach",
+    "an oil painting of a lighthouse in a storm",
+    "a bowl of ramen on a wooden table, studio lighting",
+    "two red apples next to a glass of water",
+    "a watercolor sketch of a city street at night",
+    "an astronaut riding a horse in the desert",
+    "a close-up photo of a hummingbird drinking from a flower",
+    "the word MUSE written in neon letters on a brick wall",
+)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -101,6 +114,16 @@ def masked_token_data(source: str, text_length: int, tokenizers: dict,
   for path_field, (res_field, side) in tokenizers.items():
     fields.update({path_field: "", res_field: side})
   return image_text_data(scene_resolution, source=source, **fields)
+
+
+def scene_prompts(num: int = 8) -> tuple:
+  """Sample-grid prompts for runs on the built-in scenes: the first num // 2 captions of the
+  seen-composition split "eval_seen" and the first num - num // 2 of the held-out split "eval"
+  (muse_jax/data/scenes.py), so the grid shows both."""
+  def captions(split, n):
+    source = scenes.SceneSource(max(n, 1), resolution=scenes.MIN_RESOLUTION, split=split)
+    return [source[i]["caption"] for i in range(n)]
+  return tuple(captions("eval_seen", num // 2) + captions("eval", num - num // 2))
 
 
 def demo_optim(optim: ml_collections.ConfigDict) -> None:

@@ -71,15 +71,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source, p["text_length"], {"tokenizer": ("resolution", p["lo_grid_size"] * 16),
                                  "tokenizer_hi": ("resolution_hi", hi_side)},
       scene_resolution=hi_side)
-  if args.size == "tiny":
+  # Sample grids while training (muse_jax/tasks/samples.py): every train.sample_every steps (0:
+  # never) and after the last, the low-res tokens of the first sample.num_examples captioned
+  # training records are decoded with the current params, their captions as the text, and
+  # data.tokenizer_hi into WORKDIR/samples/step_STEP.png and TensorBoard, scored (samples/colour,
+  # ... in metrics.jsonl) when the captions are scene captions. A pre-encoded run sets
+  # data.tokenizer_hi for them; without it there are no grids (one warning at start).
+  config.sample = ml_collections.ConfigDict({
+      "num_examples": 8, "num_steps": 8, "guidance_scale": 4.0, "temperature": 1.0, "seed": 0,
+  })
+  if args.size == "tiny":   # no grids: synthetic pairs have no captions
     common.train_common(config, batch_size=8, num_steps=20, log_every=5, ckpt_every=10)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
+    config.train.sample_every = 0
   elif args.size == "demo":
     # Hidden 128 / MLP 512 at batch 32 for 1400 steps (was 256 / 1024 at batch 16 for 1100, the
     # same 5 minutes on 2 CPU cores; muse-demo 18 minutes in all): loss 0.85 instead of 1.19 over
     # the last 20% of the steps (the base preset says why; README "The demo on CPU").
     common.train_common(config, batch_size=32, num_steps=1400, log_every=50, ckpt_every=700)
     common.demo_optim(config.optim)
+    config.train.sample_every = 700
     # Each high-res position also reads the low-res cell under it (model.lo_grid_add, not in
     # the paper): with the earlier hidden-256 model, loss 1.22 instead of 1.37 over the last 200
     # of 1100 steps, samples colour 64 / 61% instead of 61 / 55%.
@@ -87,5 +98,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     common.train_common(config, batch_size=512, num_steps=1_000_000, log_every=100,
                         ckpt_every=5000)
+    config.train.sample_every = 5000
     config.mesh = common.mesh(data=1, fsdp=-1, tensor=1)
   return config

@@ -61,9 +61,10 @@ class PreEncodedWriter:
 
 class PreEncodedSource:
   """grain data source over pre-encoded shards -> {"tokens" int32 [N], "txt" float32 [T, C],
-  "txt_mask" bool [T]} (+ "tokens_hi"); a record that does not decode is a skipped record."""
+  "txt_mask" bool [T]} (+ "tokens_hi"; + "caption" str with keep_caption, where the shard has
+  one); a record that does not decode is a skipped record."""
 
-  def __init__(self, pattern: str, text_length: int):
+  def __init__(self, pattern: str, text_length: int, keep_caption: bool = False):
     self.paths = sorted(glob.glob(pattern))
     if not self.paths:
       raise FileNotFoundError(f"no pre-encoded shards match {pattern}; write them with "
@@ -71,6 +72,7 @@ class PreEncodedSource:
     import grain
     self._src = grain.sources.ArrayRecordDataSource(self.paths)
     self.pattern, self.text_length = pattern, int(text_length)
+    self.keep_caption = keep_caption    # training batches hold arrays only; sample grids read it
 
   def __len__(self):
     return len(self._src)
@@ -90,6 +92,8 @@ class PreEncodedSource:
     out = {"tokens": tokens, "txt": out_txt, "txt_mask": mask}
     if "tokens_hi" in rec:
       out["tokens_hi"] = np.asarray(rec["tokens_hi"], np.int32)
+    if self.keep_caption and "caption" in rec:
+      out["caption"] = str(rec["caption"])
     return out
 
   def check(self, fields: dict, codebook_size: int, limit: int = 64) -> None:

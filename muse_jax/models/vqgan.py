@@ -374,3 +374,12 @@ def encode_unit_images(model: VQGAN, params, img01_BxHxWx3, resolution: int):
   lo, hi = model.cfg.pixel_range
   img = img01_BxHxWx3 * (hi - lo) + lo
   return model.apply({"params": params}, img, method=model.encode).reshape(b, -1)
+
+
+def decode_unit_images(model: VQGAN, params, ids_BxN, grid_size: int):
+  """ids_BxN (a flat grid_size x grid_size grid per row) -> images in [0, 1] float32 (clipped);
+  the inverse of encode_unit_images, jittable (training-time sample grids)."""
+  img = model.apply({"params": params}, ids_BxN.reshape(-1, grid_size, grid_size),
+                    method=model.decode)
+  lo, hi = model.cfg.pixel_range
+  return jnp.clip((img.astype(jnp.float32) - lo) / (hi - lo), 0.0, 1.0)

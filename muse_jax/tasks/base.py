@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from muse_jax import masking
+from muse_jax import decoding, masking
 from muse_jax.data import preencoded, synthetic
 from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
 from muse_jax.parallel import axes
-from muse_jax.tasks import online
+from muse_jax.tasks import online, samples
 from muse_jax.train import step as step_lib
 
 
@@ -108,6 +108,29 @@ class BaseTask:
 
   def train_step(self, state, batch, rng, tx):
     return step_lib.gradient_step(self.loss_fn, state, batch, rng, tx)
+
+  # Sample grids (tasks/samples.py) ---------------------------------------------------------
+  def make_sampler(self, mesh, rules, abstract_params):
+    """params -> samples.Samples of config.sample.prompts, decoded from all-masked tokens and
+    through data.tokenizer; None (after a warning) without data.tokenizer. Call after
+    self.online.load()."""
+    parts = samples.load_parts(self.config, "tokenizer", self.model_cfg.codebook_size,
+                               self.model_cfg.text_dim, mesh, rules, self.online)
+    if parts is None:
+      return None
+    model, c = self.model, self.model_cfg
+    dc = samples.decode_config(self.config.sample)
+
+    def decode_tokens(params, rng, txt_BxTxC, txt_mask_BxT, cond):
+      del cond
+      fn = decoding.transformer_logits_fn(model, params, txt_BxTxC, txt_mask_BxT,
+                                          guidance=dc.guidance_scale > 0)
+      init_BxN = jnp.full((txt_BxTxC.shape[0], c.seq_len), c.mask_id, jnp.int32)
+      return decoding.decode(fn, init_BxN, rng, dc, c.mask_id)
+
+    prompts = samples.check_prompts(self.config.sample.prompts, "sample.prompts")
+    return samples.GridSampler(parts, decode_tokens, prompts, {}, c.grid_size,
+                               int(self.config.sample.seed), abstract_params)
 
   # Data ---------------------------------------------------------------------------------------
   def make_source(self):

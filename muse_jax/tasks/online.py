@@ -66,7 +66,7 @@ class OnlineEncoder:
     self.resolutions = {t.key: int(d[t.resolution_field]) for t in self.targets}
     self.image_cfg = preprocess.ImageConfig(resolution=max(self.resolutions.values()),
                                             crop=d.crop, flip=d.flip, value_range=(0.0, 1.0))
-    self.params = self._encode = self._mesh = self._rules = None
+    self.params = self.text = self._models = self._encode = self._mesh = self._rules = None
 
   # Host side ----------------------------------------------------------------------------------
   def _check_paths(self):
@@ -86,6 +86,12 @@ class OnlineEncoder:
     tokenizer = CaptionTokenizer(text_encoder_lib.snapshot_path(self.text_cfg),
                                  self.text_cfg.max_length)
     return preprocess.ImageTextProcessor(self.image_cfg, tokenizer, counter)
+
+  def fixed_transform(self, counter):
+    """Like make_transform, but the same every time (centre crop, no flip), with the caption and
+    without its ids: for the fixed records of the sample grids (tasks/samples.py)."""
+    cfg = dataclasses.replace(self.image_cfg, crop="center", flip=False)
+    return preprocess.ImageTextProcessor(cfg, None, counter, keep_caption=True)
 
   def host_spec(self, batch_size: int) -> dict:
     """name -> (ShapeDtypeStruct, logical axes) of one global batch as the host assembles it."""
@@ -141,8 +147,17 @@ class OnlineEncoder:
       return out
 
     self.params = {**vq_params, "text": text.params}
+    self.text, self._models = text, models
     self._encode = jax.jit(encode, out_shardings=out_shardings)
     self._mesh, self._rules = mesh, rules
+
+  def loaded_tokenizer(self, path_field: str):
+    """(VQGAN, placed params) of the tokenizer load() read from data.<path_field>, or None when
+    no target reads that field (the sample grids reuse them)."""
+    for t in self.targets:
+      if t.path_field == path_field and self._models is not None:
+        return self._models[t.key], self.params[t.key]
+    return None
 
   def __call__(self, raw: dict) -> dict:
     """A global raw batch (jax.Arrays) -> the stage's batch, on the devices."""

@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from muse_jax import decoding, pipeline
 from muse_jax.data import preencoded, preprocess, synthetic_pairs
+from muse_jax.models import vqgan
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.parallel import axes
 from muse_jax.tasks import base as base_task
-from muse_jax.tasks import online
+from muse_jax.tasks import online, samples
 from muse_jax.tasks.base import MaskingConfig, masked_token_loss
 from muse_jax.train import step as step_lib
 
@@ -117,18 +119,80 @@ class SuperResTask:
   def train_step(self, state, batch, rng, tx):
     return step_lib.gradient_step(self.loss_fn, state, batch, rng, tx)
 
+  # Sample grids (tasks/samples.py) ---------------------------------------------------------
+  def make_sampler(self, mesh, rules, abstract_params):
+    """params -> samples.Samples: high-res tokens decoded for the low-res tokens of the first
+    config.sample.num_examples captioned training records and their captions, through
+    data.tokenizer_hi; None (after a warning) without data.tokenizer_hi. Call after
+    self.online.load()."""
+    c = self.model_cfg
+    parts = samples.load_parts(self.config, "tokenizer_hi", c.codebook_size, c.text_dim, mesh,
+                               rules, self.online)
+    if parts is None:
+      return None
+    captions, tokens_lo_BxN = self.sample_records(int(self.config.sample.num_examples), parts)
+    model, dc = self.model, samples.decode_config(self.config.sample)
+
+    def decode_tokens(params, rng, txt_BxTxC, txt_mask_BxT, cond):
+      fn = pipeline.superres_logits_fn(model, params, cond["tokens_lo"], txt_BxTxC, txt_mask_BxT,
+                                       guidance=dc.guidance_scale > 0)
+      init_BxM = jnp.full((txt_BxTxC.shape[0], c.hi_seq_len), c.mask_id, jnp.int32)
+      return decoding.decode(fn, init_BxM, rng, dc, c.mask_id)
+
+    return samples.GridSampler(parts, decode_tokens, captions, {"tokens_lo": tokens_lo_BxN},
+                               c.hi_grid_size, int(self.config.sample.seed), abstract_params)
+
+  def sample_records(self, n: int, parts: samples.Parts):
+    """(captions, tokens_lo_NxL int32) of the first n records of the training source that have
+    a caption (raw images: centre-cropped and encoded by data.tokenizer at data.resolution)."""
+    if n <= 0:
+      raise ValueError(f"sample.num_examples must be positive, got {n}")
+    source = self.make_source(keep_caption=True)
+    counter = preprocess.SkipCounter(repr(source), give_up_after=len(source))
+    transform = (self.online.fixed_transform(counter) if self.online is not None
+                 else self.make_transform(counter))
+    captions, rows = [], []
+    for index in range(min(len(source), max(16 * n, 256))):
+      record = source[index]
+      out = record if transform is None else transform(record)
+      try:
+        caption = preprocess.clean_caption(record)
+      except preprocess.SkipRecord:
+        continue
+      if out is not None:
+        captions.append(caption)
+        rows.append(out["image"] if self.online is not None else out["tokens_lo"])
+      if len(rows) == n:
+        break
+    if not rows:
+      raise ValueError(f"train.sample_every > 0: the super-res sample grids take the low-res "
+                       f"tokens and captions of the first training records, and {source!r} has "
+                       f"no captioned record among its first {index + 1} (data.source="
+                       f"{self.config.data.source!r}; pre-encoded shards keep the caption that "
+                       f"muse-encode read). Set train.sample_every=0 for this source")
+    rows = np.stack(rows)
+    if self.online is None:
+      return captions, rows.astype(np.int32)
+    model, params = self.online.loaded_tokenizer("tokenizer")
+    res = int(self.config.data.resolution)
+    encode = jax.jit(lambda p, x: vqgan.encode_unit_images(model, p, x, res))
+    with samples.context(parts):
+      ids = encode(params, samples.place_rows(parts, rows))
+    return captions, pipeline.Pipeline.to_host(ids)[:len(rows)].astype(np.int32)
+
   # Data ---------------------------------------------------------------------------------------
-  def make_source(self):
+  def make_source(self, keep_caption: bool = False):
     """"preencoded" shards with base ids ("tokens") and super-res ids ("tokens_hi"), or the
     "synthetic" stand-in of the tests and benchmarks, or raw image–caption sources through the
     frozen tokenizers (data.tokenizer at data.resolution for the low-res ids, data.tokenizer_hi
-    at data.resolution_hi for the high-res ones) and text encoder (tasks/online.py)."""
+    at data.resolution_hi for the high-res ones) and text encoder (tasks/online.py).
+    keep_caption: pre-encoded records keep their caption (the sample grids' records)."""
     d = self.config.data
     c = self.model_cfg
     if self.online is not None:
       return self.online.make_source()
     if d.source == "preencoded":
-      return preencoded.PreEncodedSource(d.path, self.text_length)
+      return preencoded.PreEncodedSource(d.path, self.text_length, keep_caption)
     if d.source == "synthetic":
       return synthetic_pairs.SyntheticPairSource(
           num_examples=d.num_examples, lo_grid_size=c.lo_grid_size, hi_grid_size=c.hi_grid_size,

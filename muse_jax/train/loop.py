@@ -1,7 +1,7 @@
 """The one train loop. A task supplies init_params / init_state / train_step / batch_spec /
-make_source (and frozen_abstract / load_frozen when its step reads frozen networks); the loop
-owns the mesh, shardings, compilation, data, checkpoints, metrics and preemption, identically for
-every stage."""
+make_source (and frozen_abstract / load_frozen when its step reads frozen networks, make_sampler
+when its config has train.sample_every); the loop owns the mesh, shardings, compilation, data,
+checkpoints, metrics, sample grids and preemption, identically for every stage."""
 import contextlib
 import functools
 import json
@@ -19,7 +19,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from muse_jax import checkpoint as ckpt_lib
-from muse_jax import tasks
+from muse_jax import grids, tasks
 from muse_jax.data import pipeline, preprocess
 from muse_jax.parallel import axes, mesh as mesh_lib, sharding as sharding_lib
 from muse_jax.train import optimizers
@@ -93,6 +93,15 @@ class Setup:
     if self.frozen_abstract is None:
       return ()
     return (jax.device_put(self.task.load_frozen(), self.replicated),)
+
+  def make_sampler(self):
+    """The task's sample-grid sampler (tasks/samples.py: params -> Samples, compiled here for the
+    state's param shardings) when config.train.sample_every > 0, else None. After online.load():
+    it reuses the frozen tokenizers and text encoder."""
+    if not int(self.config.train.get("sample_every", 0)):
+      return None
+    abstract = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    return self.task.make_sampler(self.mesh, self.rules, abstract.params)
 
   def lower_train_step(self):
     """The jitted, donated train step lowered with explicit in/out shardings: (state, batch,
@@ -170,6 +179,33 @@ def _skip_metrics(skips) -> dict:
   return out
 
 
+def sample_due(step: int, every: int, num_steps: int) -> bool:
+  """Sample grids every `every` steps (0: never) and after the last step."""
+  return every > 0 and (step % every == 0 or step == num_steps)
+
+
+def write_samples(sampler, params, step: int, workdir, writer, metrics_file) -> None:
+  """Samples with the current params on every process (one program over the mesh); process 0
+  (the one with a writer) writes the labelled grid to WORKDIR/samples/step_STEP.png and to
+  TensorBoard ("samples"), and the prompts' alignment scores, when they are scene captions, as
+  samples/* scalars and a metrics.jsonl line."""
+  t0 = time.perf_counter()
+  samples = sampler(params)
+  if writer is None:
+    return
+  grid = grids.save_labelled_grid(workdir / "samples" / f"step_{step:08d}.png",
+                                  samples.images_BxHxWx3, samples.prompts)
+  writer.add_image("samples", grid, step, dataformats="HWC")
+  scores = samples.scores()
+  for k, v in scores.items():
+    writer.add_scalar(k, v, step)
+  if scores:
+    metrics_file.write(json.dumps({"step": step, **scores}) + "\n")
+    metrics_file.flush()
+  logging.info("samples at step %d (%.1f s): %s", step, time.perf_counter() - t0,
+               scores or "grid written")
+
+
 def run(config, workdir: str, devices=None) -> dict:
   """Trains config.stage until config.train.num_steps, resuming from workdir's latest checkpoint.
 
@@ -184,6 +220,8 @@ def run(config, workdir: str, devices=None) -> dict:
   if setup.online is not None:     # frozen tokenizer / text encoder: checked and placed first
     setup.online.load(setup.mesh, setup.rules, setup.batch_shardings)
   frozen = setup.load_frozen()     # frozen loss networks (LPIPS): weight files checked here
+  sampler = setup.make_sampler()   # sample grids: tokenizer, text encoder, prompts checked here
+  sample_every = int(cfg.get("sample_every", 0))
   compiled = setup.lower_train_step().compile()
   logging.info("train step compiled for mesh %s; %s", dict(setup.mesh.shape),
                memory_report(compiled))
@@ -276,6 +314,8 @@ def run(config, workdir: str, devices=None) -> dict:
           writer.add_scalar(f"eval/{k}", v, step + 1)
         metrics_file.write(json.dumps({"step": step + 1, **scores}) + "\n")
         logging.info("eval at step %d: %s", step + 1, scores)
+      if sampler is not None and sample_due(step + 1, sample_every, num_steps):
+        write_samples(sampler, state.params, step + 1, workdir, writer, metrics_file)
       stop = preemption.reached(step + 1, checkpointer.manager)
       if stop or checkpointer.should_save(step + 1) or step + 1 == num_steps:
         consume(*pending)        # never save a state whose loss we have not checked
