@@ -27,16 +27,16 @@ import ml_collections
 from configs import common
 
 PRESETS = {
-    "tiny": dict(codebook_size=64, grid_size=8, text_dim=16, hidden_size=32, num_layers=2,
-                 num_heads=2, mlp_dim=64, text_length=8),
-    "demo": dict(codebook_size=256, grid_size=4, text_dim=384, hidden_size=128, num_layers=4,
-                 num_heads=4, mlp_dim=512, text_length=24),
-    "cpu-bench": dict(codebook_size=8192, grid_size=16, text_dim=384, hidden_size=512,
+    "tiny": dict(codebook_size=64, grid_size=8, factor=16, text_dim=16, hidden_size=32,
+                 num_layers=2, num_heads=2, mlp_dim=64, text_length=8),
+    "demo": dict(codebook_size=256, grid_size=8, factor=4, text_dim=384, hidden_size=128,
+                 num_layers=4, num_heads=4, mlp_dim=512, text_length=24),
+    "cpu-bench": dict(codebook_size=8192, grid_size=16, factor=16, text_dim=384, hidden_size=512,
                       num_layers=8, num_heads=8, mlp_dim=2048, text_length=32),
-    "632m": dict(codebook_size=8192, grid_size=16, text_dim=4096, hidden_size=1024,
+    "632m": dict(codebook_size=8192, grid_size=16, factor=16, text_dim=4096, hidden_size=1024,
                  num_layers=36, num_heads=16, mlp_dim=4096, text_length=128),
-    "3b": dict(codebook_size=8192, grid_size=16, text_dim=4096, hidden_size=2048, num_layers=48,
-               num_heads=16, mlp_dim=8192, text_length=128),
+    "3b": dict(codebook_size=8192, grid_size=16, factor=16, text_dim=4096, hidden_size=2048,
+               num_layers=48, num_heads=16, mlp_dim=8192, text_length=128),
 }
 
 
@@ -62,8 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   source = {"tiny": "synthetic", "cpu-bench": "synthetic", "demo": "scenes"}.get(args.size,
                                                                                 "preencoded")
   config.data = common.masked_token_data(
-      source, p["text_length"], {"tokenizer": ("resolution", p["grid_size"] * 16)},
-      scene_resolution=p["grid_size"] * 16)
+      source, p["text_length"], {"tokenizer": ("resolution", p["grid_size"] * p["factor"])},
+      scene_resolution=p["grid_size"] * p["factor"])
   # Sample grids while training (muse_jax/tasks/samples.py): every train.sample_every steps (0:
   # never) and after the last, these prompts are decoded with the current params and
   # data.tokenizer into WORKDIR/samples/step_STEP.png and TensorBoard, and scored

@@ -33,14 +33,14 @@ from configs import common
 
 PRESETS = {
     "tiny": dict(codebook_size=64, lo_codebook_size=64, lo_grid_size=4, hi_grid_size=8,
-                 text_dim=16, hidden_size=32, lo_num_layers=1, hi_num_layers=2, num_heads=2,
-                 mlp_dim=64, text_length=8),
-    "demo": dict(codebook_size=256, lo_codebook_size=256, lo_grid_size=4, hi_grid_size=8,
-                 text_dim=384, hidden_size=128, lo_num_layers=2, hi_num_layers=4, num_heads=4,
-                 mlp_dim=512, text_length=24),
+                 lo_factor=16, hi_factor=8, text_dim=16, hidden_size=32, lo_num_layers=1,
+                 hi_num_layers=2, num_heads=2, mlp_dim=64, text_length=8),
+    "demo": dict(codebook_size=256, lo_codebook_size=256, lo_grid_size=8, hi_grid_size=16,
+                 lo_factor=4, hi_factor=4, text_dim=384, hidden_size=128, lo_num_layers=2,
+                 hi_num_layers=4, num_heads=4, mlp_dim=512, text_length=24),
     "268m": dict(codebook_size=8192, lo_codebook_size=8192, lo_grid_size=16, hi_grid_size=64,
-                 text_dim=4096, hidden_size=576, lo_num_layers=16, hi_num_layers=32, num_heads=8,
-                 mlp_dim=2304, text_length=128),
+                 lo_factor=16, hi_factor=8, text_dim=4096, hidden_size=576, lo_num_layers=16,
+                 hi_num_layers=32, num_heads=8, mlp_dim=2304, text_length=128),
 }
 
 
@@ -66,9 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # image resized to data.resolution (f16: 16 px per token), the high-res ids from it at
   # data.resolution_hi (f8; the demo uses its one f16 tokenizer at twice the side instead).
   source = {"tiny": "synthetic", "demo": "scenes"}.get(args.size, "preencoded")
-  hi_side = p["hi_grid_size"] * (16 if args.size == "demo" else 8)
+  hi_side = p["hi_grid_size"] * p["hi_factor"]
   config.data = common.masked_token_data(
-      source, p["text_length"], {"tokenizer": ("resolution", p["lo_grid_size"] * 16),
+      source, p["text_length"], {"tokenizer": ("resolution", p["lo_grid_size"] * p["lo_factor"]),
                                  "tokenizer_hi": ("resolution_hi", hi_side)},
       scene_resolution=hi_side)
   # Sample grids while training (muse_jax/tasks/samples.py): every train.sample_every steps (0:

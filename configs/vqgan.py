@@ -36,8 +36,8 @@ from configs import common
 PRESETS = {
     "tiny": dict(resolution=32, base_channels=8, channel_mult=(1, 1, 2, 2, 2), latent_dim=16,
                  codebook_size=64, norm_groups=4, disc_channels=(8, 16), batch=8, res_blocks=1),
-    "demo": dict(resolution=64, base_channels=16, channel_mult=(1, 1, 2, 2, 4), latent_dim=4,
-                 codebook_size=256, norm_groups=8, disc_channels=(16, 32, 64), batch=16,
+    "demo": dict(resolution=32, base_channels=16, channel_mult=(1, 2, 2), latent_dim=4,
+                 codebook_size=256, norm_groups=8, disc_channels=(16, 32, 64), batch=32,
                  res_blocks=1),
     "f16-256": dict(resolution=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4),
                     latent_dim=256, codebook_size=8192, norm_groups=32,

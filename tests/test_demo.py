@@ -76,15 +76,15 @@ def test_quick_demo_end_to_end_resume_and_notebook(tmp_path, capsys, monkeypatch
   # Held-out prompts name a colour-shape pair that training never shows.
   held = [scenes.parse_caption(p) for p in report["held_out"]["prompts"]]
   assert all(any((o["colour"], o["shape"]) in scenes.HELD_OUT for o in objs) for objs in held)
-  # The trained pair samples and edits from the command line, two-stage (128 px).
+  # The trained pair samples and edits from the command line, two-stage (demo.HI_RES px).
   from muse_jax.cli import edit, sample
   model = ["--checkpoint", str(workdir / "base"), "--tokenizer", str(workdir / "vq"),
            "--superres", str(workdir / "superres"), "--tokenizer-hi", str(workdir / "vq"),
            "--steps", "3", "--superres-steps", "2"]
-  assert sample.main(model + ["--prompt", "a red star on the left", "--num-images", "2",
+  assert sample.main(model + ["--prompt", "a red cross on the left", "--num-images", "2",
                               "--out", str(tmp_path / "samples")]) == 0
-  assert PIL.Image.open(tmp_path / "samples" / "grid.png").size[1] == 128
-  scene = scenes.SceneSource(1, resolution=128, split="eval_seen")[0]
+  assert PIL.Image.open(tmp_path / "samples" / "grid.png").size[1] == demo.HI_RES
+  scene = scenes.SceneSource(1, resolution=demo.HI_RES, split="eval_seen")[0]
   PIL.Image.fromarray(scene["image"]).save(tmp_path / "scene.png")
   assert edit.main(["maskfree"] + model + ["--image", str(tmp_path / "scene.png"), "--iterations",
                                            "2", "--prompt", "a blue square at the top",
@@ -102,8 +102,8 @@ def test_quick_demo_end_to_end_resume_and_notebook(tmp_path, capsys, monkeypatch
 def test_set_overrides_stage_configs_and_rejects_mistakes(capsys):
   sets = demo.parse_sets(["base.train.num_steps=8000", "vq.model.channel_mult=(1,1,2,4)",
                           "vq.loss.reconstruction=l1", "superres.optim.lr=3e-4",
-                          "base.model.grid_size=8", "superres.model.lo_grid_size=8",
-                          "superres.model.hi_grid_size=16"])       # f8: 8x8 and 16x16 ids
+                          "base.model.grid_size=4", "superres.model.lo_grid_size=4",
+                          "superres.model.hi_grid_size=8"])       # f8: 4x4 and 8x8 ids
   configs = demo.stage_configs("/tmp/unused", quick=False, sets=sets)
   assert configs["base"].train.num_steps == 8000
   assert tuple(configs["vq"].model.channel_mult) == (1, 1, 2, 4)

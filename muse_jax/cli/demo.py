@@ -8,14 +8,15 @@ r"""muse-demo: the whole Muse cascade trained and sampled on the built-in scenes
 
 Stages, each in its own folder under WORKDIR and each resumable (re-running the command skips
 what is finished and resumes what is not, from its checkpoints):
-  vq/        tokenizer: configs/vqgan.py:size=demo, an f16 VQGAN trained on 64 px scenes
-  enc/       muse-encode: the scenes' train split at 64 px (4x4 ids) and 128 px (8x8 ids, the same
-             fully convolutional tokenizer), captions -> bundled MiniLM states
-  base/      configs/base.py:size=demo on the 4x4 ids
-  superres/  configs/superres.py:size=demo: 4x4 -> 8x8 ids
+  vq/        tokenizer: configs/vqgan.py:size=demo, an f4 FSQ tokenizer trained on 32 px scenes
+  enc/       muse-encode: the scenes' train split at 32 px (8x8 ids) and 64 px (16x16 ids, the
+             same fully convolutional tokenizer), captions -> bundled MiniLM states
+  base/      configs/base.py:size=demo on the 8x8 ids (sample grids in base/samples/)
+  superres/  configs/superres.py:size=demo: 8x8 -> 16x16 ids (grids in superres/samples/)
   samples/   prompts of held-out colour-shape pairs (split "eval") and of seen ones ("eval_seen"),
-             sampled through the cascade to 128 px; grid PNGs, report.md and report.json with the
-             time taken and the prompt-alignment scores recovered from the images alone.
+             each with two seeds, sampled through the cascade to 64 px; labelled grid PNGs,
+             report.md and report.json with the time taken, the same-run matmul peak and the
+             prompt-alignment scores recovered from the images alone.
 """
 import argparse
 import ast
@@ -28,7 +29,7 @@ import ml_collections
 
 from muse_jax import paths
 
-LO_RES, HI_RES = 64, 128
+LO_RES, HI_RES = 32, 64
 
 
 STAGES = ("vq", "base", "superres")
@@ -56,10 +57,14 @@ def stage_configs(workdir: str, quick: bool, sets: dict | None = None) -> dict:
   """The training configs of the demo's three models (quick: a few steps of the same models),
   with `sets` ({stage: {dotted field: value}}, from --set) applied last."""
   from configs import base, common, superres, vqgan
-  data = {"data.source": "preencoded", "data.path": os.path.join(workdir, "enc", "train-*")}
+  # data.tokenizer(_hi): the trained vq/ decodes the sample grids written while training
+  # (train.sample_every); the ids themselves come pre-encoded from enc/.
+  tok = os.path.join(workdir, "vq")
+  data = {"data.source": "preencoded", "data.path": os.path.join(workdir, "enc", "train-*"),
+          "data.tokenizer": tok}
   vq = vqgan.get_config("size=demo")
   b = common.override(base.get_config("size=demo"), data)
-  sr = common.override(superres.get_config("size=demo"), data)
+  sr = common.override(superres.get_config("size=demo"), {**data, "data.tokenizer_hi": tok})
   if quick:
     for config in (vq, b, sr):
       common.override(config, {"train.num_steps": 12, "checkpoint.every": 12,
@@ -141,8 +146,8 @@ def main(argv=None) -> int:
   parser.add_argument("--quick", action="store_true", help="a few steps per stage (tests)")
   parser.add_argument("--num-examples", type=int, help="scenes to encode (default 12000; "
                       "quick 256)")
-  parser.add_argument("--num-prompts", type=int, help="prompts per split to sample (default 48;"
-                      " quick 4)")
+  parser.add_argument("--num-prompts", type=int, help="prompts per split to sample, each with "
+                      "two seeds (default 96; quick 4)")
   parser.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE",
                       help="override a stage's training config (stages: vq, base, superres), "
                       "e.g. --set base.train.num_steps=8000; repeatable")
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)
   quick = args.quick
   num_examples = args.num_examples or (256 if quick else 12_000)
-  num_prompts = args.num_prompts or (4 if quick else 48)
+  num_prompts = args.num_prompts or (4 if quick else 96)
   try:
     configs = stage_configs(args.workdir, quick, sets)
   except ValueError as e:
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
   from muse_jax.cli import demo_report
   times["sample"], report = demo_report.sample_and_score(args.workdir, num_prompts, quick)
   times["total"] = time.perf_counter() - t0
-  demo_report.write(args.workdir, report, times, quick)
+  demo_report.write(args.workdir, report, times, quick, demo_report.matmul_peak_gflops())
   return 0
 
 
