@@ -1,4 +1,4 @@
-r"""Muse base model: masked transformer over 16x16 tokens conditioned on text states.
+r"""Muse base model: masked transformer over image tokens (16x16 at paper scale) given text states.
 
 Locally (CPU, seconds):
   python -m muse_jax.main --config=configs/base.py:size=tiny --workdir=/tmp/muse_base
@@ -7,8 +7,9 @@ On a pod (see launch/README.md):
 
 Presets (parameter counts from `jax.eval_shape` of init, tests/test_configs.py checks them):
   tiny       2 layers, hidden 32, 8x8 tokens, 64 codes; for tests.
-  demo       4 layers, hidden 128, 4x4 tokens of the demo tokenizer (configs/vqgan.py:size=demo,
-             256 codes), MiniLM text states (384-d); muse-demo trains it from pre-encoded scenes.
+  demo       4 layers, hidden 128, 8x8 tokens of the demo tokenizer (configs/vqgan.py:size=demo,
+             f4 at 32 px, 256 codes), MiniLM text states (384-d); muse-demo trains it from
+             pre-encoded scenes.
   cpu-bench  8 layers, hidden 512, MLP 2048, 8 heads, 16x16 tokens, 8192 codes: 42.6M params.
   632m       36 layers, hidden 1024, MLP 4096, 16 heads: 627M params. The paper gives only the
              total (632M); with the 3B model's ratios (MLP = 4 x hidden, head dim 64) and hidden
@@ -78,14 +79,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
     config.train.sample_every = 0
   elif args.size == "demo":
-    # Hidden 128 / MLP 512 for 4000 steps (was 256 / 1024 for 1600, the same 7 minutes on 2 CPU
-    # cores): a few minutes of CPU buy ~1.6M training tokens, far too few for 4M parameters; the
-    # smaller model ends at loss 1.71 instead of 1.83, and over the demo's prompts plus
-    # muse-eval's --seed 2 and 3 the samples count 63 / 74% instead of 61 / 61% (held-out /
-    # seen), colour 59 / 69% vs 62 / 62% (README "The demo on CPU").
-    common.train_common(config, batch_size=64, num_steps=4000, log_every=100, ckpt_every=1000)
+    # Hidden 128 / MLP 512: a few CPU minutes buy too few training tokens for a wider model
+    # (a hidden-256 model ended at a higher loss in the same time). 1200 steps of batch 64 over
+    # 8x8 tokens: colour and position are learnt by then (benchmarks/RESULTS.md, "A world sized
+    # to the demo"); the demo's time budget goes to the super-res stage, which draws the shapes.
+    common.train_common(config, batch_size=64, num_steps=1200, log_every=100, ckpt_every=600)
     common.demo_optim(config.optim)
-    config.train.sample_every = 1000
+    config.train.sample_every = 600
   elif args.size == "cpu-bench":   # no grids: synthetic tokens
     common.train_common(config, batch_size=16, num_steps=200, log_every=10, ckpt_every=100)
     config.optim.warmup_steps = 20

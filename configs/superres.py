@@ -9,8 +9,8 @@ On a pod (see launch/README.md), from shards holding both tokenizations ("tokens
 
 Presets (parameter counts from `jax.eval_shape` of init, tests/test_superres.py checks them):
   tiny   4x4 -> 8x8 tokens, 64 codes each, 1 + 2 layers, hidden 32; for tests.
-  demo   4x4 -> 8x8 tokens of the demo tokenizer (one f16 tokenizer at 64 and 128 px), 256
-         codes, 2 + 4 layers, hidden 128, MiniLM text states, model.lo_grid_add; trained by
+  demo   8x8 -> 16x16 tokens of the demo tokenizer (one f4 tokenizer at 32 and 64 px), 256
+         codes, 1 + 2 layers, hidden 128, MiniLM text states, model.lo_grid_add; trained by
          muse-demo.
   268m   Table 6: 16 low-res self-attention layers, 32 high-res layers (self-attn, cross-attn to
          [low-res outputs; projected text], MLP), 16x16 -> 64x64 tokens, 8192 codes each, T5-XXL
@@ -36,8 +36,8 @@ PRESETS = {
                  lo_factor=16, hi_factor=8, text_dim=16, hidden_size=32, lo_num_layers=1,
                  hi_num_layers=2, num_heads=2, mlp_dim=64, text_length=8),
     "demo": dict(codebook_size=256, lo_codebook_size=256, lo_grid_size=8, hi_grid_size=16,
-                 lo_factor=4, hi_factor=4, text_dim=384, hidden_size=128, lo_num_layers=2,
-                 hi_num_layers=4, num_heads=4, mlp_dim=512, text_length=24),
+                 lo_factor=4, hi_factor=4, text_dim=384, hidden_size=128, lo_num_layers=1,
+                 hi_num_layers=2, num_heads=4, mlp_dim=512, text_length=24),
     "268m": dict(codebook_size=8192, lo_codebook_size=8192, lo_grid_size=16, hi_grid_size=64,
                  lo_factor=16, hi_factor=8, text_dim=4096, hidden_size=576, lo_num_layers=16,
                  hi_num_layers=32, num_heads=8, mlp_dim=2304, text_length=128),
@@ -63,8 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tiny (tests): synthetic pairs; demo: the built-in scenes through the frozen tokenizer(s) (set
   # data.tokenizer and data.tokenizer_hi; muse-demo uses pre-encoded shards instead); 268m:
   # muse-encode shards with both tokenizations (set data.path). The low-res ids come from the
-  # image resized to data.resolution (f16: 16 px per token), the high-res ids from it at
-  # data.resolution_hi (f8; the demo uses its one f16 tokenizer at twice the side instead).
+  # image resized to data.resolution (lo_factor px per token: f16 at paper scale), the high-res
+  # ids from it at data.resolution_hi (f8; the demo uses its one f4 tokenizer at twice the side).
   source = {"tiny": "synthetic", "demo": "scenes"}.get(args.size, "preencoded")
   hi_side = p["hi_grid_size"] * p["hi_factor"]
   config.data = common.masked_token_data(
@@ -85,15 +85,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
     config.train.sample_every = 0
   elif args.size == "demo":
-    # Hidden 128 / MLP 512 at batch 32 for 1400 steps (was 256 / 1024 at batch 16 for 1100, the
-    # same 5 minutes on 2 CPU cores; muse-demo 18 minutes in all): loss 0.85 instead of 1.19 over
-    # the last 20% of the steps (the base preset says why; README "The demo on CPU").
-    common.train_common(config, batch_size=32, num_steps=1400, log_every=50, ckpt_every=700)
+    # 1 + 2 layers, hidden 128, batch 32: 16x16 high-res tokens cost ~4x the base stage's 8x8
+    # per example, and 4 high-res layers were ~2x slower per step than 2; at 64 px the tokenizer
+    # keeps an object's shape where at 32 px it often does not (RESULTS.md, "A world sized to the
+    # demo"), so this stage, reading the caption, is where the demo's shapes are drawn.
+    common.train_common(config, batch_size=32, num_steps=800, log_every=50, ckpt_every=400)
     common.demo_optim(config.optim)
-    config.train.sample_every = 700
+    config.train.sample_every = 400
     # Each high-res position also reads the low-res cell under it (model.lo_grid_add, not in
-    # the paper): with the earlier hidden-256 model, loss 1.22 instead of 1.37 over the last 200
-    # of 1100 steps, samples colour 64 / 61% instead of 61 / 55%.
+    # the paper): a lower loss and better colour than without (RESULTS.md, the f16 demo runs).
     config.model.lo_grid_add = True
   else:
     common.train_common(config, batch_size=512, num_steps=1_000_000, log_every=100,

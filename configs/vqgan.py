@@ -8,9 +8,9 @@ On a pod (see launch/README.md):
 Presets:
   tiny     f16 at 32px (2x2 tokens), 8 base channels, 1 residual block per level, 64 codes;
            compiles in seconds, for tests.
-  demo     f16 at 64px (4x4 tokens; fully convolutional, so 128px images give 8x8), 16 base
+  demo     f4 at 32px (8x8 tokens; fully convolutional, so 64px images give 16x16), 16 base
            channels, 1 residual block per level, LayerNorm, FSQ with 256 codes (levels 4, 4, 4,
-           4), L2 loss, no adversarial loss, 1000 steps; the CPU demo's tokenizer (minutes on 2
+           4), L2 loss, no adversarial loss, 1500 steps; the CPU demo's tokenizer (minutes on 2
            cores; README gives its PSNR and codebook usage).
   f16-256  the base model's tokenizer: 256px -> 16x16 tokens, 8192 codes, base channels 128,
            multipliers (1, 1, 2, 2, 4), 2 residual blocks per level (paper).
@@ -100,10 +100,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # for the base model) where FSQ uses 107 (6.1 bits); the demo's samples then score colour
     # 39 / 40% instead of 17 / 15% (held-out / seen). The adversarial loss, switched on at step
     # 400 of 600, cost 0.9 dB, so the demo runs without it (weight 0: the discriminator is then
-    # never run). 1000 steps (was 600): 29.4 dB, and its 128-px reconstructions score colour /
-    # position / count ~90% (600 steps: 52 / 78 / 59%; shape is at chance either way).
-    common.train_common(config, batch_size=p["batch"], num_steps=1000, log_every=50,
-                        ckpt_every=200)
+    # never run). f4 at 32 px (was f16 at 64 px): an object spans 2-3 tokens instead of sitting
+    # inside one, so its shape can survive tokenization ("A world sized to the demo").
+    common.train_common(config, batch_size=p["batch"], num_steps=1500, log_every=50,
+                        ckpt_every=500)
     config.model.dtype = "float32"
     # LayerNorm (model.norm="layer", was GroupNorm): each latent depends on its neighbourhood
     # only, so plain background encodes alike in every scene and the 128-px decode matches the
