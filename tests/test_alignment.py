@@ -187,6 +187,32 @@ def test_eval_generator_sweep_scores_renderer_high_and_noise_low(tmp_path):
     assert (arr == colour).all(-1).sum() > 20
 
 
+def test_eval_generator_on_prompts_files(tmp_path):
+  """A captioned folder's own held-out and seen pairs: --prompts-file files, one report row each."""
+  from muse_jax.cli import evaluate
+  (tmp_path / "heldout.txt").write_text("a small pink circle at the top\n\na big blue square\n"
+                                        .replace("pink", "purple"))
+  (tmp_path / "seen.jsonl").write_text(json.dumps({"id": "a", "prompt": "a red cross"}) + "\n")
+  sets = evaluate.read_prompt_sets([str(tmp_path / "heldout.txt"), str(tmp_path / "seen.jsonl")])
+  assert sets == {"heldout": ["a small purple circle at the top", "a big blue square"],
+                  "seen": ["a red cross"]}
+  good = evaluate.evaluate_generator(_render_prompts, 99, [2.0], [1.0], prompt_sets=sets)
+  assert good["num_prompts"] == {"heldout": 2, "seen": 1}
+  assert good["sweep"][0]["alignment_heldout"]["all"] == 1.0
+  assert good["sweep"][0]["alignment_seen"]["num_images"] == 1
+  bad = evaluate.evaluate_generator(_noise, 99, [2.0], [1.0], prompt_sets=sets)
+  assert bad["sweep"][0]["alignment_heldout"]["all"] == 0.0
+  evaluate.write_report(good, str(tmp_path / "out"))
+  md = (tmp_path / "out" / "report.md").read_text()
+  assert "| 2 | 1 | heldout | 1.000 |" in md and "Prompts: heldout 2, seen 1" in md
+  # A prompt the scorer cannot read, FID without references, a tokenizer checkpoint: errors.
+  (tmp_path / "dog.txt").write_text("a red circle\na photo of a dog\n")
+  with pytest.raises(evaluate.UsageError, match="a photo of a dog"):
+    evaluate.read_prompt_sets([str(tmp_path / "dog.txt")])
+  with pytest.raises(evaluate.UsageError, match="FID"):
+    evaluate.evaluate_generator(_noise, 2, [2.0], [1.0], fid_scorer=object(), prompt_sets=sets)
+
+
 def test_eval_cli_on_a_tokenizer(tmp_path):
   import flax.linen as nn
   import jax
@@ -231,6 +257,58 @@ def test_eval_cli_on_a_tokenizer(tmp_path):
   assert report["background_token_fraction"] == pytest.approx(plain.mean())
   assert report["background_codes"] == len(set(ids[plain].tolist()))
   assert "| background_codes |" in (out / "report.md").read_text()
+
+
+def test_eval_cli_scores_a_captioned_folder_tokenizer_report(tmp_path):
+  """muse-eval's tokenizer report on any captioned folder: reconstructions and inputs scored
+  against the folder's captions; records the scorer cannot use are skipped and counted."""
+  import flax.linen as nn
+  import jax
+
+  from muse_jax.cli import evaluate
+  from muse_jax.convert import vq
+  from muse_jax.models.vqgan import VQGAN, VQGANConfig
+  cfg = VQGANConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, mid_res_blocks=1,
+                    latent_dim=8, codebook_size=32, norm_groups=4)
+  params = nn.unbox(VQGAN(cfg).init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32)))
+  vq.save(params, cfg, tmp_path / "tok")
+  folder = tmp_path / "folder"
+  folder.mkdir()
+  source = scenes.SceneSource(6, resolution=48, split="eval")   # not the 32 px of the report
+  lines = [{"file": "dog.png", "caption": "a photo of a dog"},       # no shape word: skipped
+           {"file": "missing.png", "caption": "a red circle"}]       # no such file: skipped
+  for i in range(6):
+    Image.fromarray(source[i]["image"]).save(folder / f"{i}.png")
+    lines.insert(i, {"file": f"{i}.png", "caption": source[i]["caption"]})
+  Image.fromarray(source[0]["image"]).save(folder / "dog.png")
+  (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\nnot json\n")
+  out = tmp_path / "report"
+  assert evaluate.main(["--checkpoint", str(tmp_path / "tok"), "--data", str(folder),
+                        "--num-images", "8", "--resolution", "32", "--out", str(out)]) == 0
+  report = json.loads((out / "report.json").read_text())
+  assert report["num_images"] == 6
+  assert report["skipped"] == {"unreadable_image": 1, "caption_not_scorable": 1,
+                               "bad_caption_line": 1}
+  # Inputs: the folder's PNGs resized here with PIL; reconstructions through the model itself.
+  x = np.stack([np.asarray(Image.open(folder / f"{i}.png").convert("RGB").resize(
+      (32, 32), Image.BICUBIC), np.float32) / 255.0 for i in range(6)])
+  captions = [source[i]["caption"] for i in range(6)]
+  assert report["ground_truth_alignment"]["all"] == pytest.approx(
+      alignment.alignment(x, captions)["all"])
+  assert report["ground_truth_alignment"]["all"] >= 5 / 6
+  model = VQGAN(cfg)
+  lo, hi = cfg.pixel_range
+  ids = model.apply({"params": params["params"]}, x * (hi - lo) + lo, method=model.encode)
+  y = np.clip((np.asarray(model.apply({"params": params["params"]}, ids, method=model.decode))
+               - lo) / (hi - lo), 0, 1)
+  assert report["recon_alignment"] == pytest.approx(alignment.alignment(y, captions), nan_ok=True)
+  assert "background_codes" not in report       # only the built-in scenes' grey is known
+  md = (out / "report.md").read_text()
+  assert "| input images |" in md and "caption_not_scorable 1" in md
+  # A folder where no caption names a shape the scorer knows: a clear error, not an empty report.
+  (folder / "captions.jsonl").write_text(json.dumps(lines[-2]) + "\n")
+  assert evaluate.main(["--checkpoint", str(tmp_path / "tok"), "--data", str(folder),
+                        "--resolution", "32", "--out", str(out)]) == 1
 
 
 def test_background_codes_counts_codes_and_bits_on_plain_patches():

@@ -68,11 +68,15 @@ def test_quick_demo_end_to_end_resume_and_notebook(tmp_path, capsys, monkeypatch
   report = json.loads((workdir / "samples" / "report.json").read_text())
   for name in ("held_out", "seen"):
     a = report[name]["alignment"]
-    assert a["num_images"] == 4 and 0.0 <= a["all"] <= 1.0
+    assert a["num_images"] == 8 and 0.0 <= a["all"] <= 1.0       # 4 prompts x 2 seeds
+    assert [s["num_images"] for s in report[name]["per_seed"]] == [4, 4]
     assert (workdir / "samples" / f"{name}.png").exists()
+  # Both generator stages wrote a labelled sample grid after their last step, through vq/.
+  for stage in ("base", "superres"):
+    assert (workdir / stage / "samples" / "step_00000012.png").exists(), stage
   assert set(report["times_s"]) == {"tokenizer", "encode", "base", "superres", "sample", "total"}
   md = (workdir / "samples" / "report.md").read_text()
-  assert "| held_out (eval) | 4 |" in md and "muse-sample --checkpoint" in md
+  assert "| held_out (eval) | 8 |" in md and "| held_out, seed 1 | 4 |" in md and "muse-sample --checkpoint" in md
   # Held-out prompts name a colour-shape pair that training never shows.
   held = [scenes.parse_caption(p) for p in report["held_out"]["prompts"]]
   assert all(any((o["colour"], o["shape"]) in scenes.HELD_OUT for o in objs) for objs in held)

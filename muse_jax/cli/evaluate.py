@@ -33,6 +33,7 @@ links.png (a few prompts across the links).
 import argparse
 import dataclasses
 import glob
+import io
 import json
 import math
 import os
@@ -70,15 +71,59 @@ def load_images(data: str, num_images: int, resolution: int, seed: int = 0) -> n
   for f in files:
     try:
       with Image.open(f) as im:
-        im = im.convert("RGB")
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution),
-                                                                  Image.BICUBIC)
-        out.append(np.asarray(im, np.float32) / 255.0)
+        out.append(_square(im, resolution))
     except OSError as e:
       raise UsageError(f"image {f} cannot be read ({e})") from e
   return np.stack(out)
+
+
+def _square(im: Image.Image, resolution: int) -> np.ndarray:
+  """An image centre-cropped to a square and resized to resolution: [R, R, 3] float32 in [0, 1]."""
+  im = im.convert("RGB")
+  side = min(im.size)
+  left, top = (im.width - side) // 2, (im.height - side) // 2
+  im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution),
+                                                            Image.BICUBIC)
+  return np.asarray(im, np.float32) / 255.0
+
+
+def load_captioned_folder(data: str, num_images: int, resolution: int) -> tuple:
+  """(images [N, R, R, 3] float32 in [0, 1], captions, counts) of the first num_images images of a
+  folder's captions file (captions.jsonl / captions.csv, as the folder source reads it) whose
+  caption names at least one object the alignment scorer knows (a shape word, with colour, size
+  and position words where stated): the reconstructions are then scored against those captions.
+  counts: how many listed records were skipped, by reason. A folder without a captions file gives
+  (load_images(...), None, {})."""
+  from muse_jax.data import sources
+  try:
+    folder = sources.FolderSource(data)
+  except FileNotFoundError:
+    return load_images(data, num_images, resolution), None, {}
+  images, captions = [], []
+  counts = {"unreadable_image": 0, "caption_not_scorable": 0, "bad_caption_line": folder.bad_lines}
+  for i in range(len(folder)):
+    if len(images) == num_images:
+      break
+    rec = folder[i]
+    caption = rec.get("caption")
+    if not isinstance(caption, str) or not scenes.parse_caption(caption):
+      counts["caption_not_scorable"] += 1
+      continue
+    if "image_bytes" not in rec:
+      counts["unreadable_image"] += 1
+      continue
+    try:
+      with Image.open(io.BytesIO(rec["image_bytes"])) as im:
+        images.append(_square(im, resolution))
+    except OSError:
+      counts["unreadable_image"] += 1
+      continue
+    captions.append(caption)
+  if not images:
+    raise UsageError(f"--data {data}: none of the {len(folder)} records of "
+                     f"{folder.captions_file} has a readable image and a caption naming a shape "
+                     f"the scorer knows ({', '.join(scenes.SHAPES)}); skipped: {counts}")
+  return np.stack(images), captions, counts
 
 
 def load_scenes(num_images: int, resolution: int, seed: int = 0) -> tuple:
@@ -93,10 +138,11 @@ def load_scenes(num_images: int, resolution: int, seed: int = 0) -> tuple:
 # Tokenizer.
 
 def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int,
-                       captions=None) -> dict:
-  """PSNR, SSIM and code usage of encode -> decode; with the images' scene captions, also the
-  prompt alignment of the reconstructions: the most any generator using this tokenizer can
-  score on those prompts."""
+                       captions=None, scenes_background: bool = False) -> dict:
+  """PSNR, SSIM and code usage of encode -> decode; with the images' captions (the built-in
+  scenes', or a folder's the scorer can read), also the prompt alignment of the reconstructions:
+  the most any generator using this tokenizer can score on those prompts. scenes_background: the
+  images are built-in scenes, whose plain grey background tokens are counted too."""
   import jax
   from muse_jax.cli import encode as encode_cli
   from muse_jax.metrics import recon
@@ -124,6 +170,8 @@ def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int,
             "code_perplexity": float(np.exp(-(nz * np.log(nz)).sum()))}
   if captions is not None:
     report["recon_alignment"] = alignment.alignment(np.concatenate(recons), captions)
+    report["ground_truth_alignment"] = alignment.alignment(images_NxRxRx3, captions)
+  if scenes_background:
     report.update(background_codes(images_NxRxRx3, ids.reshape(len(images_NxRxRx3), -1)))
   return report
 
@@ -157,15 +205,27 @@ def scene_prompts(split: str, num: int, seed: int = 0, resolution: int = 64) -> 
   return prompts, images
 
 
+SPLIT_LABELS = {"eval": "held-out", "eval_seen": "seen"}   # scene splits -> report labels
+
+
 def evaluate_generator(sample, num_prompts: int, guidances, temperatures, seed: int = 0,
-                       fid_scorer=None, reference_resolution: int = 64) -> dict:
+                       fid_scorer=None, reference_resolution: int = 64,
+                       prompt_sets: dict | None = None) -> dict:
   """Sweep of alignment (and FID with a scorer) over guidance x temperature.
 
   sample(prompts: list[str], seed: int, guidance: float, temperature: float) -> images
-  [B, H, W, 3] float in [0, 1].
+  [B, H, W, 3] float in [0, 1]. Prompts: `num_prompts` of each scene split (held-out and seen
+  colour-shape pairs), or prompt_sets {name: [prompt, ...]} (e.g. a captioned folder's own
+  held-out and seen pairs, from --prompts-file), which have no reference images for FID.
   """
-  splits = {s: scene_prompts(s, num_prompts, seed, reference_resolution)
-            for s in ("eval", "eval_seen")}
+  if prompt_sets is not None:
+    if fid_scorer is not None:
+      raise UsageError("FID compares with reference images, which --prompts-file has not; "
+                       "drop --fid-weights or the prompts files")
+    splits = {name: (list(prompts), None) for name, prompts in prompt_sets.items()}
+  else:
+    splits = {s: scene_prompts(s, num_prompts, seed, reference_resolution)
+              for s in ("eval", "eval_seen")}
   reference_stats = None
   if fid_scorer is not None:
     refs = np.concatenate([imgs for _, imgs in splits.values()]).astype(np.float32) / 255.0
@@ -187,8 +247,31 @@ def evaluate_generator(sample, num_prompts: int, guidances, temperatures, seed: 
         point["fid"] = fid.frechet_distance(*fid_scorer.statistics(np.concatenate(generated)),
                                             *reference_stats)
       sweep.append(point)
-  return {"kind": "generator", "num_prompts_per_split": int(num_prompts), "seed": int(seed),
-          "sweep": sweep}
+  return {"kind": "generator", "splits": list(splits),
+          "num_prompts": {name: len(prompts) for name, (prompts, _) in splits.items()},
+          "seed": int(seed), "sweep": sweep}
+
+
+def read_prompt_sets(files) -> dict:
+  """{file stem: [prompt, ...]} from --prompts-file files (plain text, one prompt per line, or
+  JSONL with "prompt", as muse-sample reads them); each prompt must name at least one object the
+  alignment scorer knows, or it could not be scored."""
+  from muse_jax.cli import sample as sample_cli
+  sets = {}
+  for path in files:
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name in sets:
+      raise UsageError(f"--prompts-file: two files are named {name!r}; each names a report row")
+    try:
+      prompts = [p for _, p in sample_cli.read_prompts_file(path)]
+    except sample_cli.UsageError as e:
+      raise UsageError(str(e)) from None
+    bad = [p for p in prompts if not scenes.parse_caption(p)]
+    if bad:
+      raise UsageError(f"--prompts-file {path}: {len(bad)} prompt(s) name no shape the scorer "
+                       f"knows ({', '.join(scenes.SHAPES)}), e.g. {bad[0]!r}")
+    sets[name] = prompts
+  return sets
 
 
 def pipeline_sampler(base: str, tokenizer: str, superres=None, tokenizer_hi=None):
@@ -256,13 +339,19 @@ def plot_sweep(sweep: list, path: str, size=(480, 360)) -> None:
   for x in (x_lo, x_hi):
     d.text((px(x) - 10, h - bottom + 6), f"{x:.3g}", fill="black")
   d.text((w // 2 - 40, h - 22), "FID" if use_fid else "guidance scale", fill="black")
-  d.text((8, 8), "alignment (all attributes): red = held-out, blue = seen", fill="black")
-  for split, colour, r in (("eval", (200, 30, 30), 6), ("eval_seen", (30, 60, 200), 3)):
+  splits = [k[len("alignment_"):] for k in sweep[0] if k.startswith("alignment_")]
+  palette = [((200, 30, 30), "red"), ((30, 60, 200), "blue"), ((30, 150, 60), "green"),
+             ((200, 120, 20), "orange")]
+  styles = [(s, c, 6 - 3 * (i % 2), cname) for i, (s, (c, cname)) in
+            enumerate(zip(splits, palette * len(splits)))]
+  d.text((8, 8), "alignment (all attributes): " + ", ".join(
+      f"{cname} = {SPLIT_LABELS.get(s, s)}" for s, _, _, cname in styles), fill="black")
+  for split, colour, r, _ in styles:
     pts = sorted((px(x), py(p[f"alignment_{split}"]["all"])) for x, p in zip(xs, sweep))
     if len(pts) > 1:
       d.line(pts, fill=colour, width=2)
     for x, y in pts:
-      d.ellipse([x - r, y - r, x + r, y + r], fill=colour)   # seen drawn smaller, on top
+      d.ellipse([x - r, y - r, x + r, y + r], fill=colour)   # every other set drawn smaller
   img.save(path)
 
 
@@ -324,24 +413,31 @@ def _markdown(report: dict) -> str:
       v = report[k]
       lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
     if "recon_alignment" in report:
-      a = report["recon_alignment"]
-      lines += ["", "Prompt alignment of the reconstructions (the ceiling of a generator using "
-                "this tokenizer):", "",
-                "| all | colour | shape | position | size | count |", "| --- " * 6 + "|",
-                "| " + " | ".join(f"{a[k]:.3f}" if a[k] is not None else "-" for k in
-                                  ("all", "colour", "shape", "position", "size", "count")) + " |"]
+      keys = ("all", "colour", "shape", "position", "size", "count")
+      lines += ["", "Prompt alignment (muse_jax/metrics/alignment.py) of the reconstructions, the "
+                "ceiling of a generator using this tokenizer, and of the input images:", "",
+                "| images | " + " | ".join(keys) + " |", "| --- " * 7 + "|"]
+      for name, k in (("reconstructions", "recon_alignment"),
+                      ("input images", "ground_truth_alignment")):
+        a = report[k]
+        lines.append(f"| {name} | " + " | ".join(f"{a[x]:.3f}" if a[x] is not None else "-"
+                                                 for x in keys) + " |")
+    if report.get("skipped"):
+      lines += ["", "Records skipped: " + ", ".join(f"{k} {v}" for k, v in
+                                                     report["skipped"].items())]
     return "\n".join(lines) + "\n"
-  lines += [f"{report['num_prompts_per_split']} prompts per split, seed {report['seed']}.", "",
+  counts = ", ".join(f"{SPLIT_LABELS.get(s, s)} {n}" for s, n in report["num_prompts"].items())
+  lines += [f"Prompts: {counts}; seed {report['seed']}.", "",
             "| guidance | temperature | split | all | colour | shape | position | size | count "
             "| FID |", "| --- " * 10 + "|"]
   for p in report["sweep"]:
-    for split in ("eval", "eval_seen"):
+    for split in report["splits"]:
       a = p[f"alignment_{split}"]
       cells = [f"{a[k]:.3f}" if a[k] is not None else "-" for k in
                ("all", "colour", "shape", "position", "size", "count")]
       fid_cell = f"{p['fid']:.2f}" if "fid" in p else "-"
       lines.append(f"| {p['guidance']:g} | {p['temperature']:g} | "
-                   f"{'held-out' if split == 'eval' else 'seen'} | " + " | ".join(cells)
+                   f"{SPLIT_LABELS.get(split, split)} | " + " | ".join(cells)
                    + f" | {fid_cell} |")
   lines += ["", "![sweep](sweep.png)"]
   return "\n".join(lines) + "\n"
@@ -396,7 +492,9 @@ def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="muse-eval", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="tokenizer folder/workdir or base workdir")
   p.add_argument("--out", required=True, help="folder for report.json, report.md, sweep.png")
-  p.add_argument("--data", default="scenes", help="tokenizer: 'scenes' or a folder of images")
+  p.add_argument("--data", default="scenes",
+                 help="tokenizer: 'scenes' or a folder of images (with a captions.jsonl / .csv "
+                 "whose captions the scorer reads, also the reconstructions' prompt alignment)")
   p.add_argument("--num-images", type=int, default=64,
                  help="tokenizer: images; generator: prompts per split")
   p.add_argument("--resolution", type=int, default=256, help="tokenizer: image size")
@@ -409,6 +507,10 @@ def parser() -> argparse.ArgumentParser:
                  help="generator: the sweep (default 0 2 4); --links: one value (default 4)")
   p.add_argument("--temperature", type=float, nargs="+",
                  help="generator: the sweep (default 1); --links: one value (default 1)")
+  p.add_argument("--prompts-file", nargs="+", metavar="FILE",
+                 help="generator: score these prompts instead of the built-in scenes' splits, "
+                 "one report row per file (named by its stem, e.g. heldout.txt and seen.txt); "
+                 "plain text, one prompt per line, or JSONL with \"prompt\"")
   p.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (or .safetensors)")
   p.add_argument("--links", action="store_true",
                  help="generator: alignment link by link (ground truth, tokenizer, teacher-"
@@ -451,10 +553,15 @@ def main(argv=None) -> int:
       "checkpoint", "out", "tokenizer", "superres", "tokenizer_hi", "fid_weights"))
   if args.data != "scenes":
     args.data = paths.resolve(args.data)
+  if args.prompts_file:
+    args.prompts_file = [paths.resolve(f) for f in args.prompts_file]
   try:
     if args.num_images < 2:
       raise UsageError(f"--num-images must be >= 2, got {args.num_images}")
     kind = _checkpoint_kind(args.checkpoint)
+    if args.prompts_file and (kind != "generator" or args.links):
+      raise UsageError("--prompts-file scores a generator's samples; it takes a base checkpoint "
+                       "and no --links (the links compare with ground-truth images)")
     if args.links:
       if kind != "generator":
         raise UsageError(f"--links takes a base checkpoint; --checkpoint {args.checkpoint} is a "
@@ -463,12 +570,16 @@ def main(argv=None) -> int:
       print(f"muse-eval: wrote {os.path.join(args.out, 'links.json')}, report.md and links.png")
       return 0
     if kind == "tokenizer":
-      captions = None
+      skipped = {}
       if args.data == "scenes":
         images, captions = load_scenes(args.num_images, args.resolution, args.seed)
       else:
-        images = load_images(args.data, args.num_images, args.resolution, args.seed)
-      report = evaluate_tokenizer(args.checkpoint, images, args.batch_size, captions)
+        images, captions, skipped = load_captioned_folder(args.data, args.num_images,
+                                                          args.resolution)
+      report = evaluate_tokenizer(args.checkpoint, images, args.batch_size, captions,
+                                  scenes_background=args.data == "scenes")
+      if skipped:
+        report["skipped"] = skipped
     else:
       if not args.tokenizer:
         raise UsageError("a generator checkpoint needs --tokenizer (muse-convert folder or "
@@ -479,8 +590,10 @@ def main(argv=None) -> int:
         scorer = fid.FIDScorer(args.fid_weights, args.batch_size)
       sample = pipeline_sampler(args.checkpoint, args.tokenizer, args.superres,
                                 args.tokenizer_hi)
+      prompt_sets = read_prompt_sets(args.prompts_file) if args.prompts_file else None
       report = evaluate_generator(sample, args.num_images, args.guidance or [0.0, 2.0, 4.0],
-                                  args.temperature or [1.0], args.seed, scorer)
+                                  args.temperature or [1.0], args.seed, scorer,
+                                  prompt_sets=prompt_sets)
       report["checkpoint"] = args.checkpoint
     write_report(report, args.out)
   except Exception as e:  # noqa: BLE001  user mistakes are reported, bugs re-raised

@@ -35,7 +35,8 @@ colours around edges; a coverage mask needs no sharpening.
 
 Measured `SceneSource.__getitem__` (one core of a 2-core CPU host, mean over 2000 items,
 max_objects=2): about 0.2 ms at 32 px, 0.2 ms at 64 px and 0.7 ms at 256 px;
-reproduce with `JAX_PLATFORMS=cpu python -m muse_jax.data.scenes`.
+reproduce with `JAX_PLATFORMS=cpu python -m muse_jax.data.scenes bench`. `python -m
+muse_jax.data.scenes export` writes scenes as a captioned image folder (README's folder recipe).
 """
 import math
 import re
@@ -428,7 +429,26 @@ class SceneSource:
             f"split={self.split!r}, max_objects={self.max_objects})")
 
 
-if __name__ == "__main__":
+def export_folder(out_dir: str, num_examples: int, resolution: int, split: str = "train",
+                  seed: int = 0, max_objects: int = MAX_OBJECTS) -> int:
+  """Writes scenes as a captioned image folder (NNNNNN.png + captions.jsonl, the layout the
+  folder source and muse-encode --source folder read), so that the folder recipe (README) can be
+  tried on data with a known answer; returns the number of images written."""
+  import json
+  import os
+  source = SceneSource(num_examples, resolution, seed=seed, split=split, max_objects=max_objects)
+  os.makedirs(out_dir, exist_ok=True)
+  width = max(6, len(str(num_examples - 1)))
+  with open(os.path.join(out_dir, "captions.jsonl"), "w", encoding="utf-8") as f:
+    for i in range(num_examples):
+      rec = source[i]
+      name = f"{i:0{width}d}.png"
+      Image.fromarray(rec["image"]).save(os.path.join(out_dir, name))
+      f.write(json.dumps({"file": name, "caption": rec["caption"]}) + "\n")
+  return num_examples
+
+
+def _bench() -> None:
   for res in (32, 64, 256):
     source = SceneSource(2000, resolution=res)
     source[0]
@@ -437,3 +457,47 @@ if __name__ == "__main__":
       source[i]
     ms = (time.perf_counter() - start) / len(source) * 1e3
     print(f"SceneSource.__getitem__ at {res:>3} px: {ms:.3f} ms")
+
+
+def main(argv=None) -> int:
+  """python -m muse_jax.data.scenes [bench]: time SceneSource.__getitem__;
+  ... export --out DIR --num-examples N --resolution R [--split S]: a captioned image folder;
+  ... prompts --split S --num N --out FILE: N captions of a split, one per line (muse-eval
+  --prompts-file; split "eval": held-out colour-shape pairs, "eval_seen": seen ones)."""
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m muse_jax.data.scenes", description=(
+      main.__doc__ or "").split("\n")[0])
+  sub = parser.add_subparsers(dest="command")
+  sub.add_parser("bench", help="time SceneSource.__getitem__ at 32, 64 and 256 px")
+  exp = sub.add_parser("export", help="scenes -> a folder of PNGs with captions.jsonl")
+  exp.add_argument("--out", required=True)
+  exp.add_argument("--num-examples", type=int, required=True)
+  exp.add_argument("--resolution", type=int, required=True)
+  exp.add_argument("--split", default="train", choices=tuple(SPLITS))
+  exp.add_argument("--seed", type=int, default=0)
+  pr = sub.add_parser("prompts", help="captions of a split, one per line")
+  pr.add_argument("--split", required=True, choices=tuple(SPLITS))
+  pr.add_argument("--num", type=int, required=True)
+  pr.add_argument("--seed", type=int, default=1)
+  pr.add_argument("--out", required=True)
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "export":
+      n = export_folder(args.out, args.num_examples, args.resolution, args.split, args.seed)
+      print(f"wrote {n} scenes of split {args.split!r} at {args.resolution} px to {args.out}")
+    elif args.command == "prompts":
+      source = SceneSource(args.num, MIN_RESOLUTION, seed=args.seed, split=args.split)
+      with open(args.out, "w", encoding="utf-8") as f:
+        f.writelines(source[i]["caption"] + "\n" for i in range(args.num))
+      print(f"wrote {args.num} captions of split {args.split!r} to {args.out}")
+    else:
+      _bench()
+  except (ValueError, OSError) as e:
+    import sys
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
