@@ -19,7 +19,9 @@ STEPS = {"vq": 600, "base": 600}
 NUM_EXAMPLES = 4096
 NUM_PROMPTS = 48
 CHANCE = {"colour": 1 / len(scenes.COLOURS), "position": 1 / len(scenes.POSITIONS)}
-FLOOR = {"colour": 0.6, "position": 0.6}
+# Measured 2026-12-03 (benchmarks/RESULTS.md, "The learning test"): held-out colour 94%, position
+# 97% (seen: see there). The floors sit ~25 points below and well above 3x chance.
+FLOOR = {"colour": 0.7, "position": 0.7}
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@ r"""muse-edit: inpainting, outpainting and mask-free editing of an image with a 
 
   muse-edit inpaint --checkpoint /ckpt/base --tokenizer /ckpt/vq_f16 \
       [--superres /ckpt/superres --tokenizer-hi /ckpt/vq_f8] \
-      --image photo.png --mask mask.png --prompt "a yellow star" --out /tmp/edit
+      --image photo.png --mask mask.png --prompt "a yellow cross" --out /tmp/edit
   muse-edit outpaint ... --image photo.png --keep 64,64,192,192 --prompt "..." --out /tmp/edit
   muse-edit maskfree ... --image photo.png --prompt "a blue circle" --iterations 100 --out /tmp/edit
 
