@@ -6,7 +6,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from muse_jax import hostenv, paths
-from muse_jax.cli import flag_help
+from muse_jax import flag_help
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
                                           lock_config=True)

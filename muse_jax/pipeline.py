@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from muse_jax import checkpoint, decoding
-from muse_jax.cli import encode as encode_cli
+from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.models import text_encoder as text_encoder_lib
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
@@ -201,8 +201,8 @@ class Pipeline:
 
   def _load_tokenizer(self, path: str, flag: str):
     try:
-      return encode_cli.Tokenizer(path, self.mesh)
-    except (encode_cli.UsageError, checkpoint.CheckpointError, OSError, ValueError) as e:
+      return tokenizer_lib.Tokenizer(path, self.mesh)
+    except (tokenizer_lib.UsageError, checkpoint.CheckpointError, OSError, ValueError) as e:
       raise PipelineError(f"{flag} {path}: {e}") from e
 
   @classmethod

@@ -144,9 +144,9 @@ def evaluate_tokenizer(path: str, images_NxRxRx3: np.ndarray, batch_size: int,
   the most any generator using this tokenizer can score on those prompts. scenes_background: the
   images are built-in scenes, whose plain grey background tokens are counted too."""
   import jax
-  from muse_jax.cli import encode as encode_cli
+  from muse_jax import tokenizer as tokenizer_lib
   from muse_jax.metrics import recon
-  tok = encode_cli.Tokenizer(path, encode_cli._local_mesh())  # noqa: SLF001
+  tok = tokenizer_lib.Tokenizer(path, tokenizer_lib.local_mesh())
   batch = math.ceil(batch_size / tok.shards) * tok.shards
   res = images_NxRxRx3.shape[1]
   psnrs, ssims, ids, recons = [], [], [], []

@@ -26,7 +26,7 @@ from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from muse_jax import paths  # noqa: E402
-from muse_jax.cli import flag_help  # noqa: E402
+from muse_jax import flag_help  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
                                           lock_config=True)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.data import preprocess, sources
 from muse_jax.data.text import CaptionTokenizer
 from muse_jax.models import text_encoder as text_encoder_lib
@@ -110,15 +111,14 @@ class OnlineEncoder:
     """Reads the frozen models, checks that they fit the stage's model, places their params
     (tokenizers replicated, the text encoder sharded by its logical axes) and jits the encoding.
     Raises ValueError naming the mismatch before any training step."""
-    from muse_jax.cli import encode as encode_cli     # tokenizer loading is shared with muse-encode
     self._check_paths()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     models, vq_params = {}, {}
     for t in self.targets:
       path = self.data[t.path_field]
       try:
-        cfg, params = encode_cli.load_tokenizer(path)
-      except encode_cli.UsageError as e:
+        cfg, params = tokenizer_lib.load_tokenizer(path)
+      except tokenizer_lib.UsageError as e:
         raise ValueError(f"data.{t.path_field}: {e}") from e
       res = self.resolutions[t.key]
       if res % cfg.factor or res // cfg.factor != t.grid_size:

@@ -39,7 +39,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from muse_jax import checkpoint, decoding
-from muse_jax.cli import encode as encode_cli
+from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.data import scenes
 from muse_jax.metrics import alignment
 from muse_jax.models import text_encoder as text_encoder_lib
@@ -106,8 +106,8 @@ def load_parts(config, tokenizer_field: str, codebook_size: int, text_dim: int, 
     model, params = loaded
   else:
     try:                                  # tokenizer loading shared with muse-encode
-      cfg, params = encode_cli.load_tokenizer(path)
-    except (encode_cli.UsageError, checkpoint.CheckpointError, OSError) as e:
+      cfg, params = tokenizer_lib.load_tokenizer(path)
+    except (tokenizer_lib.UsageError, checkpoint.CheckpointError, OSError) as e:
       raise ValueError(f"data.{tokenizer_field} (decodes the sample grids of train.sample_every="
                        f"{every}): {e}") from e
     model = vqgan.VQGAN(cfg)

@@ -1,0 +1,35 @@
+"""Library modules never import the CLIs (muse_jax/cli/ imports the library, not the reverse)."""
+import ast
+import pathlib
+
+import muse_jax
+
+PACKAGE = pathlib.Path(muse_jax.__file__).parent
+
+
+def _imported_modules(path: pathlib.Path):
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      yield from (a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      yield node.module
+      yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def test_library_modules_do_not_import_the_clis():
+  offenders = {}
+  for path in sorted(PACKAGE.rglob("*.py")):
+    rel = path.relative_to(PACKAGE)
+    if rel.parts[0] == "cli":
+      continue
+    bad = sorted({m for m in _imported_modules(path) if m == "muse_jax.cli"
+                  or m.startswith("muse_jax.cli.")})
+    if bad:
+      offenders[str(rel)] = bad
+  assert not offenders, f"library modules import the CLIs: {offenders}"
+
+
+def test_the_check_sees_an_import_of_a_cli(tmp_path):
+  probe = tmp_path / "probe.py"
+  probe.write_text("def f():\n  from muse_jax.cli import encode\n")
+  assert "muse_jax.cli.encode" in set(_imported_modules(probe))
