@@ -14,11 +14,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from muse_jax import paths, treepath
+from muse_jax import errors, paths, treepath
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be written or does not fit the configured model."""
+CheckpointError = errors.CheckpointError   # defined with the other user errors (errors.py)
 
 
 def _check_writable(directory: epath.Path) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from muse_jax import checkpoint, decoding
+from muse_jax import checkpoint, decoding, errors
 from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.models import text_encoder as text_encoder_lib
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
@@ -35,8 +35,7 @@ from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
 from muse_jax.parallel import axes, mesh as mesh_lib
 
 
-class PipelineError(ValueError):
-  """A checkpoint, tokenizer or request that does not fit the pipeline (a user mistake)."""
+PipelineError = errors.PipelineError   # a user mistake (errors.py): reported without a traceback
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,15 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muse_jax import checkpoint
+from muse_jax import checkpoint, errors
 from muse_jax.convert import vq
 from muse_jax.models import vqgan
 from muse_jax.models.vqgan import VQGAN
 from muse_jax.parallel import axes, mesh as mesh_lib
 
 
-class UsageError(ValueError):
-  """A tokenizer path or shape the user got wrong; the CLIs report it without a traceback."""
+# A tokenizer path or shape the user got wrong (muse_jax/errors.py): the CLIs report it without
+# a traceback. Importable from here as before.
+UsageError = errors.UsageError
 
 
 def load_tokenizer(path: str):

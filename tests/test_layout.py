@@ -33,3 +33,29 @@ def test_the_check_sees_an_import_of_a_cli(tmp_path):
   probe = tmp_path / "probe.py"
   probe.write_text("def f():\n  from muse_jax.cli import encode\n")
   assert "muse_jax.cli.encode" in set(_imported_modules(probe))
+
+
+def _user_error_classes(path: pathlib.Path):
+  """The user-error classes (errors.py's names) a module defines."""
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.ClassDef) and node.name in ("UsageError", "PipelineError",
+                                                        "CheckpointError"):
+      yield node.name
+
+
+def test_user_errors_are_defined_once_in_errors_py():
+  # One UsageError for every entry point (issue 16): four copies used to need a list of classes,
+  # and muse-eval matched two more by their class names.
+  defined = {str(p.relative_to(PACKAGE)): list(_user_error_classes(p))
+             for p in sorted(PACKAGE.rglob("*.py"))}
+  assert {k: v for k, v in defined.items() if v and k != "errors.py"} == {}
+  assert sorted(defined["errors.py"]) == ["CheckpointError", "PipelineError", "UsageError"]
+
+
+def test_user_errors_are_caught_as_one_class():
+  from muse_jax import checkpoint, errors, pipeline, tokenizer
+  from muse_jax.cli import ema, evaluate, sample
+  for cls in (checkpoint.CheckpointError, pipeline.PipelineError, tokenizer.UsageError,
+              sample.UsageError, evaluate.UsageError, ema.UsageError):
+    assert issubclass(cls, errors.UsageError), cls
+  assert issubclass(checkpoint.CheckpointError, RuntimeError)   # callers catching it as before

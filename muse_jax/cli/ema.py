@@ -20,14 +20,13 @@ from etils import epath
 from safetensors import numpy as st_numpy
 
 from muse_jax import checkpoint, paths
+from muse_jax.errors import UsageError
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "muse_jax.ema_export.v1"
 
 
-class UsageError(ValueError):
-  """A command-line mistake; reported without a traceback."""
 
 
 def checkpoint_steps(workdir) -> list:
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     params, steps, config = ema_over_checkpoints(args.workdir, args.decay, steps)
     save_export(args.out, params, config, {"ema_decay": args.decay, "ema_steps": steps,
                                            "workdir": args.workdir})
-  except (UsageError, checkpoint.CheckpointError, FileNotFoundError) as e:
+  except (UsageError, FileNotFoundError) as e:   # CheckpointError is a UsageError
     print(f"muse-ema: error: {e}", file=sys.stderr)
     return 1
   print(f"muse-ema: averaged {len(steps)} checkpoints (steps {steps[0]}..{steps[-1]}, decay "

@@ -34,7 +34,7 @@ import numpy as np
 import PIL.Image
 import tqdm
 
-from muse_jax import checkpoint, paths
+from muse_jax import paths
 from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.data import preencoded, preprocess, sources
 from muse_jax.parallel import axes, mesh as mesh_lib
@@ -84,7 +84,7 @@ def _report(name: str, counter: preprocess.SkipCounter, written: int, extra: dic
 def _tokenizer_flag(flag: str, path: str, mesh) -> Tokenizer:
   try:
     return Tokenizer(path, mesh)
-  except (UsageError, checkpoint.CheckpointError) as e:
+  except UsageError as e:      # errors.py: CheckpointError included
     raise UsageError(f"{flag}: {e}") from e
 
 
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
   run = {"images": encode_images, "text": encode_text, "decode": decode_ids}[args.command]
   try:
     return run(args)
-  except (UsageError, preprocess.DataError, checkpoint.CheckpointError, FileNotFoundError,
+  except (UsageError, preprocess.DataError, FileNotFoundError,
           ImportError) as e:
     print(f"muse-encode {args.command}: error: {e}", file=sys.stderr)
     return 1

@@ -43,14 +43,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from muse_jax import paths
+from muse_jax.errors import UsageError
 from muse_jax.data import scenes
 from muse_jax.metrics import alignment
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-class UsageError(ValueError):
-  """A command-line mistake; reported without a traceback."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -597,8 +594,7 @@ def main(argv=None) -> int:
       report["checkpoint"] = args.checkpoint
     write_report(report, args.out)
   except Exception as e:  # noqa: BLE001  user mistakes are reported, bugs re-raised
-    if not (isinstance(e, (UsageError, FileNotFoundError, ImportError))
-            or type(e).__name__ in ("PipelineError", "CheckpointError")):
+    if not isinstance(e, (UsageError, FileNotFoundError, ImportError)):   # errors.py
       raise
     print(f"muse-eval: error: {e}", file=sys.stderr)
     return 1

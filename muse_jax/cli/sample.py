@@ -29,17 +29,14 @@ import sys
 import numpy as np
 import PIL.Image
 
-from muse_jax import checkpoint, decoding, paths
-from muse_jax.cli import encode as encode_cli
-from muse_jax.pipeline import Pipeline, PipelineError, PipelinePaths, SampleConfig, image_grid
+from muse_jax import decoding, paths
+from muse_jax.errors import UsageError
+from muse_jax.pipeline import Pipeline, PipelinePaths, SampleConfig, image_grid
 
 
-class UsageError(ValueError):
-  """A command-line mistake; reported without a traceback."""
-
-
-ERRORS = (UsageError, PipelineError, encode_cli.UsageError, checkpoint.CheckpointError,
-          FileNotFoundError, ImportError)
+# What a sampling CLI reports in one line (every user error, errors.py; a missing file or
+# optional package); anything else is a bug and keeps its traceback.
+ERRORS = (UsageError, FileNotFoundError, ImportError)
 
 
 def add_model_args(p: argparse.ArgumentParser):

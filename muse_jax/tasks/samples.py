@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from muse_jax import checkpoint, decoding
+from muse_jax import decoding, errors
 from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.data import scenes
 from muse_jax.metrics import alignment
@@ -107,7 +107,7 @@ def load_parts(config, tokenizer_field: str, codebook_size: int, text_dim: int, 
   else:
     try:                                  # tokenizer loading shared with muse-encode
       cfg, params = tokenizer_lib.load_tokenizer(path)
-    except (tokenizer_lib.UsageError, checkpoint.CheckpointError, OSError) as e:
+    except (errors.UsageError, OSError) as e:       # CheckpointError is a UsageError
       raise ValueError(f"data.{tokenizer_field} (decodes the sample grids of train.sample_every="
                        f"{every}): {e}") from e
     model = vqgan.VQGAN(cfg)
