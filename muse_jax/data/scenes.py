@@ -13,12 +13,14 @@ only be unexplained variance for a tiny demo model, and mid-grey keeps all eight
 and black included, at high contrast.
 
 The world is sized to what a CPU demo can learn in minutes (benchmarks/RESULTS.md, "A world sized
-to the demo"): objects are 22% and 34% of the image side, so at the demo's 32 px base resolution
-an object spans 2-3 tokens of a factor-4 tokenizer and its shape survives tokenization (an object
-inside one 16-px token of the earlier f16 demo came back as a blob, shape at chance); the four
-shapes differ in silhouette at that size (a star and a ring at 7 px did not). One object per scene
-by default: two objects of these sizes fit only with fewer free layouts, and every extra object
-multiplies what "all attributes" must get right; `max_objects=2` keeps the two-object captions
+to the demo" and "Object sizes for the demo"): objects are 28% and 40% of the image side, so at
+the demo's 32 px base resolution an object spans 2-3 tokens of a factor-4 tokenizer and its shape
+survives tokenization (an object inside one 16-px token of the earlier f16 demo came back as a
+blob, shape at chance; at 22% of the side, 7 px, the demo tokenizer gave small crosses back as
+blobs and small triangles at 34%, where at 28% it keeps 46% and 86%: benchmarks/scene_sizes.py);
+the four shapes differ in silhouette at that size (a star and a ring at 7 px did not). One
+object per scene by default: two objects of these sizes fit only with fewer free layouts, and
+every extra object multiplies what "all attributes" must get right; `max_objects=2` keeps the two-object captions
 and relations (scored >= 98% from 64 px up, tests/test_alignment.py).
 
 Held-out compositions: HELD_OUT (colour, shape) pairs never occur in split="train" (each colour and
@@ -63,7 +65,7 @@ POSITIONS = {                    # name -> centre of its cell of a 3x3 grid, (x,
     "bottom": (1 / 2, 5 / 6),
     "center": (1 / 2, 1 / 2),
 }
-SIZES = {"small": 0.11, "large": 0.17}    # name -> half the side of the object's box, in image sides
+SIZES = {"small": 0.14, "large": 0.20}    # name -> half the side of the object's box, in image sides
 BACKGROUNDS = {"grey": (128, 128, 128)}
 BACKGROUND = "grey"
 
