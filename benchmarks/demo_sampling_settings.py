@@ -7,7 +7,8 @@ alike).
 
 For each variant, the demo's prompts of the held-out ("eval") and seen ("eval_seen") splits are
 sampled once (seed --seed) and scored from the images alone; ~1.5 min per variant on 2 CPU cores
-at 96 prompts per split. benchmarks/RESULTS.md, "A world sized to the demo", has the table.
+at 96 prompts per split. benchmarks/RESULTS.md, "A world sized to the demo" and "Object sizes for
+the demo", has the tables.
 """
 import argparse
 import os
@@ -21,13 +22,17 @@ from muse_jax import decoding, pipeline  # noqa: E402  pylint: disable=g-import-
 from muse_jax.cli import demo_report  # noqa: E402
 from muse_jax.metrics import alignment  # noqa: E402
 
-BASE = {"num_steps": 24, "guidance_scale": 4.0}      # muse-demo's sampling settings
-SUPERRES = {"num_steps": 8, "guidance_scale": 4.0}
+BASE = {"num_steps": 24, "guidance_scale": 4.0}      # muse-demo's base settings
+SUPERRES = {"num_steps": 8, "guidance_scale": 4.0}   # the super-res settings before 2026-12-03
 VARIANTS = (    # name, base changes, super-res changes
-    ("muse-demo's settings", {}, {}),
+    ("guidance 4 in both stages", {}, {}),
     ("super-res temperature 0.5", {}, {"temperature": 0.5}),
     ("super-res 16 steps", {}, {"num_steps": 16}),
     ("super-res guidance 8", {}, {"guidance_scale": 8.0}),
+    ("super-res guidance 2", {}, {"guidance_scale": 2.0}),
+    ("super-res guidance 0", {}, {"guidance_scale": 0.0}),
+    ("super-res guidance 0, temperature 0.5 (muse-demo's)", {},
+     {"guidance_scale": 0.0, "temperature": 0.5}),
     ("super-res choice temperature 1", {}, {"choice_temperature": 1.0}),
     ("base temperature 0.5", {"temperature": 0.5}, {}),
 )
@@ -43,7 +48,8 @@ def main() -> None:
   pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(
       base=f"{w}/base", tokenizer=f"{w}/vq", superres=f"{w}/superres", tokenizer_hi=f"{w}/vq"))
   prompts = {s: demo_report.prompts_for(s, args.num_prompts) for s in ("eval", "eval_seen")}
-  print("| variant | held-out all / shape | seen all / shape | seconds |\n| --- | --- | --- | --- |")
+  print("| variant | held-out all / shape / size / count | seen all / shape / size / count | "
+        "seconds |\n| --- | --- | --- | --- |")
   for name, base, superres in VARIANTS:
     t0 = time.perf_counter()
     cfg = pipeline.SampleConfig(num_images=1, seed=args.seed,
@@ -52,7 +58,7 @@ def main() -> None:
     cells = []
     for split, ps in prompts.items():
       a = alignment.alignment(pipe.generate(ps, cfg).images_BxHxWx3, ps)
-      cells.append(f"{a['all']:.0%} / {a['shape']:.0%}")
+      cells.append(" / ".join(f"{a[k]:.0%}" for k in ("all", "shape", "size", "count")))
     print(f"| {name} | {' | '.join(cells)} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 
