@@ -152,9 +152,12 @@ def test_superres_two_processes_killed_and_resumed(tmp_path):
 
 @pytest.mark.slow
 def test_vqgan_two_processes_killed_and_resumed(tmp_path):
-  # 12 adversarial steps drift ~2e-4 apart between 1 and 2 processes (reduction order).
+  # 12 adversarial steps drift apart between 1 and 2 processes (reduction order): ~2e-4 with the
+  # scenes' objects at 22% / 34% of the side, 3.2e-3 at step 12 (1e-5 up to step 6) with 28% /
+  # 40% (2026-12-03). A resume that replays or skips a batch, or loses optimiser state, moves a
+  # step's loss by 1-5% (consecutive losses differ that much), so 5e-3 still catches it.
   _check_stage(tmp_path, "vqgan", vqgan, "configs/vqgan.py:size=tiny", GAN, stop=None,
-               steps=12, rtol=1e-3, kill_after=5)
+               steps=12, rtol=5e-3, kill_after=5)
 
 
 @pytest.mark.slow
