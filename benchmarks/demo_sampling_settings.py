@@ -22,7 +22,7 @@ from muse_jax import decoding, pipeline  # noqa: E402  pylint: disable=g-import-
 from muse_jax.cli import demo_report  # noqa: E402
 from muse_jax.metrics import alignment  # noqa: E402
 
-BASE = {"num_steps": 24, "guidance_scale": 4.0}      # muse-demo's base settings
+BASE = demo_report.BASE_DECODE                        # muse-demo's base settings
 SUPERRES = {"num_steps": 8, "guidance_scale": 4.0}   # the super-res settings before 2026-12-03
 VARIANTS = (    # name, base changes, super-res changes
     ("guidance 4 in both stages", {}, {}),
@@ -31,8 +31,7 @@ VARIANTS = (    # name, base changes, super-res changes
     ("super-res guidance 8", {}, {"guidance_scale": 8.0}),
     ("super-res guidance 2", {}, {"guidance_scale": 2.0}),
     ("super-res guidance 0", {}, {"guidance_scale": 0.0}),
-    ("super-res guidance 0, temperature 0.5 (muse-demo's)", {},
-     {"guidance_scale": 0.0, "temperature": 0.5}),
+    ("super-res guidance 0, temperature 0.5 (muse-demo's)", {}, demo_report.SUPERRES_DECODE),
     ("super-res choice temperature 1", {}, {"choice_temperature": 1.0}),
     ("base temperature 0.5", {"temperature": 0.5}, {}),
 )

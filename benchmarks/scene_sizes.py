@@ -10,7 +10,7 @@ tokenizer, and read back by the alignment scorer (muse_jax/metrics/alignment.py,
 moved to the pair's midpoint). Printed per size and shape: the fraction whose reconstruction is
 read with the right shape and size (the ground truth itself scores 1.00 in every cell), i.e. the
 ceiling a generator drawing through this tokenizer has. About 20 s per pair on 2 CPU cores.
-benchmarks/RESULTS.md, "Object sizes for the demo's tokenizer", has the table.
+benchmarks/RESULTS.md, "Object sizes for the demo", has the table.
 """
 import argparse
 import collections

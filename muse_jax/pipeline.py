@@ -80,7 +80,7 @@ class Samples:
 def _stage_config(path: str, stage: str, role: str) -> dict:
   try:
     config = checkpoint.load_config(path)
-  except (checkpoint.CheckpointError, OSError, ValueError) as e:
+  except (OSError, ValueError) as e:        # CheckpointError is a ValueError (errors.py)
     raise PipelineError(f"{role} checkpoint {path} cannot be read: {e}") from e
   got = config.get("stage")
   if got != stage:
@@ -201,7 +201,7 @@ class Pipeline:
   def _load_tokenizer(self, path: str, flag: str):
     try:
       return tokenizer_lib.Tokenizer(path, self.mesh)
-    except (tokenizer_lib.UsageError, checkpoint.CheckpointError, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:      # UsageError and CheckpointError are ValueErrors
       raise PipelineError(f"{flag} {path}: {e}") from e
 
   @classmethod

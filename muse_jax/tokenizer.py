@@ -8,16 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muse_jax import checkpoint, errors
+from muse_jax import checkpoint
 from muse_jax.convert import vq
+from muse_jax.errors import UsageError   # what a user got wrong; the CLIs report it in one line
 from muse_jax.models import vqgan
 from muse_jax.models.vqgan import VQGAN
 from muse_jax.parallel import axes, mesh as mesh_lib
-
-
-# A tokenizer path or shape the user got wrong (muse_jax/errors.py): the CLIs report it without
-# a traceback. Importable from here as before.
-UsageError = errors.UsageError
 
 
 def load_tokenizer(path: str):
@@ -30,7 +26,7 @@ def load_tokenizer(path: str):
     return cfg, params.get("params", params)
   try:
     config = checkpoint.load_config(path)
-  except (checkpoint.CheckpointError, OSError, ValueError) as e:
+  except (OSError, ValueError) as e:        # CheckpointError is a ValueError (errors.py)
     raise UsageError(f"tokenizer {path} is neither a muse-convert folder (config.json + "
                      f"params.safetensors) nor a tokenizer training workdir: {e}") from e
   if config.get("stage") not in ("vqgan", "decoder_finetune"):

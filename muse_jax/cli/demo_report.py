@@ -21,6 +21,12 @@ def prompts_for(split: str, n: int) -> list:
 
 
 SEEDS = (0, 1)      # two sampling seeds: every prompt is drawn twice
+BASE_DECODE = {"num_steps": 24, "guidance_scale": 4.0}
+# Super-res without guidance, temperature 0.5: given the base tokens it has little to add from
+# the caption, and guidance 4 made it repaint held-out pairs in their seen partners' colours and
+# add specks (all +10 / +2 points held-out / seen over two seeds; benchmarks/RESULTS.md, "Object
+# sizes for the demo"; benchmarks/demo_sampling_settings.py).
+SUPERRES_DECODE = {"num_steps": 8, "guidance_scale": 0.0, "temperature": 0.5}
 
 
 def matmul_peak_gflops(n: int = 1024, seconds: float = 1.0) -> float:
@@ -56,13 +62,9 @@ def sample_and_score(workdir: str, num_prompts: int, quick: bool):
     for seed in SEEDS:
       cfg = pipeline.SampleConfig(
           num_images=1, seed=seed,
-          base=decoding.DecodeConfig(num_steps=4 if quick else 24, guidance_scale=4.0),
-          # Super-res without guidance, temperature 0.5: given the base tokens it has little to
-          # add from the caption, and guidance 4 made it repaint held-out pairs in their seen
-          # partners' colours and add specks (all +10 / +2 points held-out / seen over two
-          # seeds; benchmarks/RESULTS.md, "Object sizes for the demo").
-          superres=decoding.DecodeConfig(num_steps=2 if quick else 8, guidance_scale=0.0,
-                                         temperature=0.5))
+          base=decoding.DecodeConfig(**dict(BASE_DECODE, **({"num_steps": 4} if quick else {}))),
+          superres=decoding.DecodeConfig(**dict(SUPERRES_DECODE,
+                                                **({"num_steps": 2} if quick else {}))))
       samples = pipe.generate(prompts, cfg)
       images.append(samples.images_BxHxWx3)
       per_seed.append(alignment.alignment(samples.images_BxHxWx3, prompts))

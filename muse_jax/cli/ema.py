@@ -28,7 +28,6 @@ FORMAT = "muse_jax.ema_export.v1"
 
 
 
-
 def checkpoint_steps(workdir) -> list:
   """Sorted steps of the complete checkpoints in WORKDIR/checkpoints (or a checkpoints folder)."""
   root = epath.Path(workdir)

@@ -474,7 +474,7 @@ def _checkpoint_kind(path: str) -> str:
     return "tokenizer"
   try:
     stage = checkpoint.load_config(path).get("stage")
-  except (checkpoint.CheckpointError, OSError, ValueError) as e:
+  except (OSError, ValueError) as e:        # CheckpointError is a ValueError (errors.py)
     raise UsageError(f"--checkpoint {path} is neither a muse-convert tokenizer folder nor a "
                      f"training workdir: {e}") from e
   if stage in ("vqgan", "decoder_finetune"):

@@ -20,8 +20,8 @@ blob, shape at chance; at 22% of the side, 7 px, the demo tokenizer gave small c
 blobs and small triangles at 34%, where at 28% it keeps 46% and 86%: benchmarks/scene_sizes.py);
 the four shapes differ in silhouette at that size (a star and a ring at 7 px did not). One
 object per scene by default: two objects of these sizes fit only with fewer free layouts, and
-every extra object multiplies what "all attributes" must get right; `max_objects=2` keeps the two-object captions
-and relations (scored >= 98% from 64 px up, tests/test_alignment.py).
+every extra object multiplies what "all attributes" must get right; `max_objects=2` keeps the
+two-object captions and relations (scored >= 98% from 64 px up, tests/test_alignment.py).
 
 Held-out compositions: HELD_OUT (colour, shape) pairs never occur in split="train" (each colour and
 each shape still appears there with other partners); split="eval" draws only scenes with at least
