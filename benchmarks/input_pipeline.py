@@ -126,12 +126,12 @@ def base_step_demand(batch_size, steps=5):
   source = setup.task.make_source()
   batch = {k: np.stack([source[i][k] for i in range(batch_size)]) for k in setup.batch_shardings}
   batch = pipeline.to_global_batch(batch, setup.batch_shardings)
-  state, m = compiled(state, batch, jax.random.key(0))
+  state, m = compiled(state, batch, jax.random.key(0), None)
   jax.block_until_ready(m)
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, m = compiled(state, batch, jax.random.key(0))
+    state, m = compiled(state, batch, jax.random.key(0), None)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   return batch_size / statistics.median(times), statistics.median(times)

@@ -142,7 +142,7 @@ def timed_step(compiled, state, batch, rng):
   except OSError:
     busy0 = None
   t0 = time.perf_counter()
-  state, metrics = compiled(state, batch, rng)
+  state, metrics = compiled(state, batch, rng, None)   # no frozen networks
   jax.block_until_ready((state, metrics))
   dt = time.perf_counter() - t0
   if busy0 is None:
@@ -234,7 +234,7 @@ def main():
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   batch = synthetic_batch(setup, config)
   for _ in range(args.warmup):
-    state, _ = compiled(state, batch, rng)
+    state, _ = compiled(state, batch, rng, None)
   jax.block_until_ready(state)
   times, foreign = [], []
   for _ in range(args.steps):

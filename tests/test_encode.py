@@ -242,5 +242,5 @@ def test_superres_batches_from_raw_images_through_two_tokenizations(tokenizer, f
   np.testing.assert_array_equal(np.asarray(batch["tokens_lo"]), lo.reshape(8, 16))
   # The stage's train step takes that batch (the loop around it is the base stage's, above).
   compiled = setup.lower_train_step().compile()
-  state, metrics = compiled(setup.init_state(jax.random.key(0)), batch, jax.random.key(1))
+  state, metrics = compiled(setup.init_state(jax.random.key(0)), batch, jax.random.key(1), None)
   assert np.isfinite(float(metrics["loss"]))

@@ -59,3 +59,28 @@ def test_user_errors_are_caught_as_one_class():
               sample.UsageError, evaluate.UsageError, ema.UsageError):
     assert issubclass(cls, errors.UsageError), cls
   assert issubclass(checkpoint.CheckpointError, RuntimeError)   # callers catching it as before
+
+
+def _probes_of_tasks(path: pathlib.Path):
+  """getattr / hasattr calls whose object is a task (the loop must call tasks.api.Task only)."""
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "hasattr") and node.args
+        and "task" in ast.unparse(node.args[0])):
+      yield f"line {node.lineno}: {ast.unparse(node)}"
+
+
+def test_the_loop_does_not_probe_tasks(tmp_path):
+  # The stage contract is tasks/api.py's Task (issue 16): optional parts have declared defaults.
+  assert list(_probes_of_tasks(PACKAGE / "train" / "loop.py")) == []
+  assert list(_probes_of_tasks(PACKAGE / "cli" / "fit.py")) == []
+  probe = tmp_path / "probe.py"
+  probe.write_text("def f(setup):\n  return getattr(setup.task, 'online', None)\n")
+  assert len(list(_probes_of_tasks(probe))) == 1
+
+
+def test_every_stage_is_a_task():
+  from muse_jax import tasks
+  from muse_jax.tasks import api
+  for name, cls in tasks.TASKS.items():
+    assert issubclass(cls, api.Task), name

@@ -234,7 +234,7 @@ def test_vqgan_stage_trains_with_a_frozen_perceptual_loss(tmp_path):
   assert jax.tree.structure(setup.abstract_state) == jax.tree.structure(plain)
   assert ([(a.shape, a.dtype) for a in jax.tree.leaves(setup.abstract_state)]
           == [(a.shape, a.dtype) for a in jax.tree.leaves(plain)])
-  (frozen,) = setup.load_frozen()
+  frozen = setup.load_frozen()
   want_frozen = {"lpips": lpips_lib.params_from_state_dicts(vgg, lin)}
   # An rbg key: its init compiles in a fraction of threefry's time on the CPU.
   state = setup.init_state(jax.random.key(0, impl="unsafe_rbg"))

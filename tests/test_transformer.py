@@ -28,26 +28,31 @@ def test_logits_shape_and_padded_vocab():
 
 
 def test_masked_ground_truth_cannot_leak():
-  """Changing the true ids at masked positions leaves the logits and the loss inputs unchanged."""
+  """Through the training corruption (task.mask_and_drop_text, what loss_fn runs): changing the
+  true ids at masked positions leaves the model's inputs and logits unchanged; changing an
+  unmasked id changes them (the test can fail)."""
   task, params, batch = _setup()
+  c = task.model_cfg
   rng = jax.random.key(3)
-  _, metrics_a = task.loss_fn(params, batch, rng)
-  # Recompute the same mask and scramble the ground truth under it.
-  from muse_jax import masking
-  mask, _ = masking.training_mask(jax.random.split(rng)[0], 4, task.model_cfg.seq_len)
-  scrambled = jnp.where(mask, (batch["tokens"] + 17) % task.model_cfg.codebook_size,
-                        batch["tokens"])
-  inputs_a = jnp.where(mask, task.model_cfg.mask_id, batch["tokens"])
-  inputs_b = jnp.where(mask, task.model_cfg.mask_id, scrambled)
-  la = task.model.apply({"params": params}, inputs_a, batch["txt"], batch["txt_mask"])
-  lb = task.model.apply({"params": params}, inputs_b, batch["txt"], batch["txt_mask"])
-  np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
-  # And changing an unmasked id does change them (the test can fail).
-  idx = np.argwhere(~np.asarray(mask))[0]
-  inputs_c = inputs_a.at[idx[0], idx[1]].set((inputs_a[idx[0], idx[1]] + 1) % 64)
-  lc = task.model.apply({"params": params}, inputs_c, batch["txt"], batch["txt_mask"])
-  assert not np.allclose(np.asarray(la), np.asarray(lc))
-  assert np.isfinite(float(metrics_a["loss"]))
+  inputs_a, mask, _, txt_mask, _ = task.mask_and_drop_text(rng, batch["tokens"],
+                                                             batch["txt_mask"])
+  scrambled = jnp.where(mask, (batch["tokens"] + 17) % c.codebook_size, batch["tokens"])
+  assert bool((scrambled != batch["tokens"])[mask].all())
+  inputs_b, mask_b, *_ = task.mask_and_drop_text(rng, scrambled, batch["txt_mask"])
+  np.testing.assert_array_equal(np.asarray(mask), np.asarray(mask_b))
+  assert bool((inputs_a[mask] == c.mask_id).all())
+
+  def logits(inputs):
+    return np.asarray(task.model.apply({"params": params},
+                                       *task.model_args(inputs, batch, txt_mask)))
+
+  la = logits(inputs_a)
+  np.testing.assert_array_equal(la, logits(inputs_b))
+  b, n = np.argwhere(~np.asarray(mask))[0]
+  inputs_c = inputs_a.at[b, n].set((inputs_a[b, n] + 1) % c.codebook_size)
+  assert not np.allclose(la, logits(inputs_c))
+  _, metrics = task.loss_fn(params, batch, rng)
+  assert np.isfinite(float(metrics["loss"]))
 
 
 def test_dropped_text_ignores_text_states():

@@ -1,11 +1,11 @@
-"""Stage registry: config.stage picks the task; the one train loop runs it."""
-from muse_jax.tasks import base, superres, vqgan
+"""Stage registry: config.stage picks the task (a tasks.api.Task); the one train loop runs it."""
+from muse_jax.tasks import decoder_finetune, superres, t2i_base, vqgan
 
 TASKS = {
-    "base": base.BaseTask,
+    "base": t2i_base.T2IBaseTask,
     "superres": superres.SuperResTask,
     "vqgan": vqgan.VQGANTask,
-    "decoder_finetune": vqgan.VQGANTask,
+    "decoder_finetune": decoder_finetune.DecoderFinetuneTask,
 }
 
 

@@ -1,25 +1,19 @@
 """Stage `superres`: high-res token ids given low-res token ids and text states.
 
-Trained like the base stage (tasks/base.py): each example masks exactly ceil(r M) of its M
-high-res ids with r from config.masking.rate, a config.masking.text_drop_prob fraction of the
-examples lose their text (the context keeps only the low-res part), and the loss is the
-cross-entropy on the masked positions. Batches: "tokens_lo" [B, N], "tokens" (high-res) [B, M],
-"txt" [B, T, C], "txt_mask" [B, T].
+Trained as every masked-token stage is (tasks/masked_tokens.py) on its M high-res ids; an
+example whose text is dropped keeps only the low-res part of its context. Batches: "tokens_lo"
+[B, N], "tokens" (high-res) [B, M], "txt" [B, T, C], "txt_mask" [B, T].
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from muse_jax import decoding, pipeline
 from muse_jax.data import preencoded, preprocess, synthetic_pairs
 from muse_jax.models import vqgan
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.parallel import axes
-from muse_jax.tasks import base as base_task
-from muse_jax.tasks import online, samples
-from muse_jax.tasks.base import MaskingConfig, masked_token_loss
-from muse_jax.train import step as step_lib
+from muse_jax.tasks import masked_tokens, online, samples
 
 
 class PreEncodedPairs:
@@ -54,70 +48,29 @@ class PreEncodedPairs:
             "txt": record["txt"], "txt_mask": record["txt_mask"]}
 
 
-class SuperResTask:
-  """init_params / init_state / train_step for the super-res stage."""
+class SuperResTask(masked_tokens.MaskedTokenTask):
+  """High-res token ids from the low-res ones ("tokens_lo") and text states."""
+
+  stage = "superres"
+  preencoded_fields = "base and super-res token ids + text states"
+  raw_tokenizers = "data.tokenizer and data.tokenizer_hi"
 
   def __init__(self, config):
-    self.config = config
-    self.model_cfg = SuperResConfig(**config.model.to_dict())
-    self.masking_cfg = MaskingConfig(**config.masking.to_dict())
-    self.model = SuperResTransformer(self.model_cfg)
-    self.text_length = int(config.data.text_length)
-    if self.text_length <= 0:
-      raise ValueError(f"data.text_length must be positive, got {self.text_length}")
-    self.progress_metrics = ("masked_acc",)
-    c = self.model_cfg
-    self.online = online.encoder_for(   # None unless data.source is a raw image source
-        config, [online.Target("tokens_lo", "tokenizer", "resolution", c.lo_grid_size,
-                               c.lo_codebook_size, "lo_grid_size"),
-                 online.Target("tokens", "tokenizer_hi", "resolution_hi", c.hi_grid_size,
-                               c.codebook_size, "hi_grid_size")],
-        self.text_length, c.text_dim, "superres")
+    self.model_cfg = c = SuperResConfig(**config.model.to_dict())
+    self.model = SuperResTransformer(c)
+    self.seq_len = c.hi_seq_len
+    super().__init__(config, [
+        online.Target("tokens_lo", "tokenizer", "resolution", c.lo_grid_size,
+                      c.lo_codebook_size, "lo_grid_size"),
+        online.Target("tokens", "tokenizer_hi", "resolution_hi", c.hi_grid_size,
+                      c.codebook_size, "hi_grid_size")])
 
-  # Shapes -------------------------------------------------------------------------------------
-  def batch_spec(self, batch_size: int) -> dict:
-    """name -> (ShapeDtypeStruct, logical axes) of one global batch."""
-    c = self.model_cfg
-    return {
-        "tokens_lo": (jax.ShapeDtypeStruct((batch_size, c.lo_seq_len), jnp.int32),
-                      (axes.BATCH, axes.LENGTH)),
-        "tokens": (jax.ShapeDtypeStruct((batch_size, c.hi_seq_len), jnp.int32),
-                   (axes.BATCH, axes.LENGTH)),
-        "txt": (jax.ShapeDtypeStruct((batch_size, self.text_length, c.text_dim), jnp.float32),
-                (axes.BATCH, axes.TEXT_LENGTH, axes.TEXT_EMBED)),
-        "txt_mask": (jax.ShapeDtypeStruct((batch_size, self.text_length), jnp.bool_),
-                     (axes.BATCH, axes.TEXT_LENGTH)),
-    }
+  def cond_spec(self, batch_size: int) -> dict:
+    return {"tokens_lo": (jax.ShapeDtypeStruct((batch_size, self.model_cfg.lo_seq_len),
+                                               jnp.int32), (axes.BATCH, axes.LENGTH))}
 
-  def init_params(self, rng):
-    """Boxed (nn.Partitioned) float32 params."""
-    d = {k: jnp.zeros(v[0].shape, v[0].dtype) for k, v in self.batch_spec(1).items()}
-    return self.model.init(rng, d["tokens"], d["tokens_lo"], d["txt"], d["txt_mask"])["params"]
-
-  def init_boxed(self, rng):
-    return (self.init_params(rng),)
-
-  def init_state(self, rng, tx: optax.GradientTransformation):
-    return step_lib.init_state(self.init_params, rng, tx)
-
-  # Steps --------------------------------------------------------------------------------------
-  def mask_and_drop_text(self, rng, tokens_BxM, txt_mask_BxT):
-    """The base stage's training corruption (tasks.base.corrupt) on the high-res tokens."""
-    return base_task.corrupt(rng, tokens_BxM, txt_mask_BxT, self.masking_cfg,
-                             self.model_cfg.mask_id)
-
-  def loss_fn(self, params, batch, rng):
-    tokens_BxM = batch["tokens"]
-    inputs_BxM, mask_BxM, rate_B, txt_mask_BxT, keep_text_B = self.mask_and_drop_text(
-        rng, tokens_BxM, batch["txt_mask"])
-    logits = self.model.apply({"params": params}, inputs_BxM, batch["tokens_lo"], batch["txt"],
-                              txt_mask_BxT)
-    loss, acc = masked_token_loss(logits, tokens_BxM, mask_BxM)
-    return loss, {"loss": loss, "masked_acc": acc, "mask_rate": rate_B.mean(),
-                  "text_kept": keep_text_B.mean()}
-
-  def train_step(self, state, batch, rng, tx):
-    return step_lib.gradient_step(self.loss_fn, state, batch, rng, tx)
+  def model_args(self, inputs_BxM, batch, txt_mask_BxT) -> tuple:
+    return inputs_BxM, batch["tokens_lo"], batch["txt"], txt_mask_BxT
 
   # Sample grids (tasks/samples.py) ---------------------------------------------------------
   def make_sampler(self, mesh, rules, abstract_params):
@@ -147,7 +100,9 @@ class SuperResTask:
     a caption (raw images: centre-cropped and encoded by data.tokenizer at data.resolution)."""
     if n <= 0:
       raise ValueError(f"sample.num_examples must be positive, got {n}")
-    source = self.make_source(keep_caption=True)
+    source = (self.preencoded_source(keep_caption=True)
+              if self.online is None and self.config.data.source == "preencoded"
+              else self.make_source())
     counter = preprocess.SkipCounter(repr(source), give_up_after=len(source))
     transform = (self.online.fixed_transform(counter) if self.online is not None
                  else self.make_transform(counter))
@@ -181,33 +136,21 @@ class SuperResTask:
     return captions, pipeline.Pipeline.to_host(ids)[:len(rows)].astype(np.int32)
 
   # Data ---------------------------------------------------------------------------------------
-  def make_source(self, keep_caption: bool = False):
-    """"preencoded" shards with base ids ("tokens") and super-res ids ("tokens_hi"), or the
-    "synthetic" stand-in of the tests and benchmarks, or raw image–caption sources through the
-    frozen tokenizers (data.tokenizer at data.resolution for the low-res ids, data.tokenizer_hi
-    at data.resolution_hi for the high-res ones) and text encoder (tasks/online.py).
-    keep_caption: pre-encoded records keep their caption (the sample grids' records)."""
-    d = self.config.data
-    c = self.model_cfg
-    if self.online is not None:
-      return self.online.make_source()
-    if d.source == "preencoded":
-      return preencoded.PreEncodedSource(d.path, self.text_length, keep_caption)
-    if d.source == "synthetic":
-      return synthetic_pairs.SyntheticPairSource(
-          num_examples=d.num_examples, lo_grid_size=c.lo_grid_size, hi_grid_size=c.hi_grid_size,
-          codebook_size=c.codebook_size, lo_codebook_size=c.lo_codebook_size,
-          text_length=self.text_length, text_dim=c.text_dim, seed=d.seed)
-    raise ValueError(f"data.source={d.source!r} is not available for stage 'superres'; expected "
-                     f"'preencoded' (base and super-res token ids + text states written by "
-                     f"muse-encode), a raw image source {online.RAW_SOURCES} with "
-                     f"data.tokenizer and data.tokenizer_hi, or 'synthetic'")
+  def preencoded_source(self, keep_caption: bool = False):
+    """Shards with base ids ("tokens") and super-res ids ("tokens_hi"); keep_caption: records
+    keep their caption (the sample grids' records)."""
+    return preencoded.PreEncodedSource(self.config.data.path, self.text_length, keep_caption)
+
+  def synthetic_source(self):
+    c, d = self.model_cfg, self.config.data
+    return synthetic_pairs.SyntheticPairSource(
+        num_examples=d.num_examples, lo_grid_size=c.lo_grid_size, hi_grid_size=c.hi_grid_size,
+        codebook_size=c.codebook_size, lo_codebook_size=c.lo_codebook_size,
+        text_length=self.text_length, text_dim=c.text_dim, seed=d.seed)
 
   def make_transform(self, counter):
     """Pre-encoded records are renamed into pairs; synthetic ones already are; raw images are
     decoded and cropped and their captions tokenized."""
-    if self.online is not None:
-      return self.online.make_transform(counter)
-    if self.config.data.source == "preencoded":
+    if self.online is None and self.config.data.source == "preencoded":
       return PreEncodedPairs(self.model_cfg, counter)
-    return None
+    return super().make_transform(counter)

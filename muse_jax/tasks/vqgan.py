@@ -1,5 +1,5 @@
-"""Stages `vqgan` (tokenizer training) and `decoder_finetune` (a wider decoder on a frozen
-encoder and codebook).
+"""Stage `vqgan`: tokenizer training (tasks/decoder_finetune.py subclasses it for a wider
+decoder on a frozen encoder and codebook).
 
 Generator loss: reconstruction (L1 or L2) + VQ (commitment, codebook[, entropy]) + perceptual
 (LPIPS-VGG of reconstruction and input, from loss.perceptual_weight > 0) + adversarial
@@ -23,19 +23,15 @@ import optax
 import PIL.Image
 from etils import epath
 
-from muse_jax import checkpoint
 from muse_jax.data import preprocess, sources
 from muse_jax.metrics import recon
 from muse_jax.models import lpips
 from muse_jax.models.discriminator import Discriminator
 from muse_jax.models.vqgan import VQGAN, VQGANConfig
 from muse_jax.parallel import axes
+from muse_jax.tasks import api
 from muse_jax.train import optimizers
 from muse_jax.train.state import TrainState
-
-# Parameter subtrees that decoder finetuning keeps frozen.
-FROZEN_FOR_DECODER_FINETUNE = ("encoder", "quantizer", "quant_conv")
-
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
@@ -79,12 +75,13 @@ def _to_signed(img, pixel_range):
   return (img - lo) * (2.0 / (hi - lo)) - 1.0
 
 
-class VQGANTask:
-  """init_boxed / init_state / train_step / evaluate for the tokenizer stages."""
+class VQGANTask(api.Task):
+  """The tokenizer stage: generator (autoencoder + quantizer) and discriminator in one state."""
+
+  progress_metrics = ("psnr", "codebook_usage")
 
   def __init__(self, config):
-    self.config = config
-    self.decoder_finetune = config.stage == "decoder_finetune"
+    super().__init__(config)
     self.model_cfg = model_config(config.model.to_dict())
     self.loss_cfg = LossConfig(**config.loss.to_dict())
     self.model = VQGAN(self.model_cfg)
@@ -94,10 +91,6 @@ class VQGANTask:
     if self.resolution % self.model_cfg.factor:
       raise ValueError(f"data.resolution={self.resolution} is not divisible by the tokenizer's "
                        f"downsampling factor {self.model_cfg.factor}")
-    if self.decoder_finetune and not config.init_from:
-      raise ValueError("stage decoder_finetune needs config.init_from: the workdir (or "
-                       "checkpoint step directory) of a trained tokenizer")
-    self.progress_metrics = ("psnr", "codebook_usage")
     self.perceptual = (lpips.LPIPS(dtype=self.model_cfg.compute_dtype)
                        if self.loss_cfg.perceptual_weight > 0 else None)
 
@@ -121,12 +114,8 @@ class VQGANTask:
     return self.init_params(g), self.init_disc(d)
 
   def generator_tx(self, tx):
-    """Decoder finetuning: zero updates for the encoder and codebook."""
-    if not self.decoder_finetune:
-      return tx
-    def labels(params):
-      return {k: ("frozen" if k in FROZEN_FOR_DECODER_FINETUNE else "train") for k in params}
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    """The generator's optimizer (decoder finetuning freezes part of it)."""
+    return tx
 
   def frozen_abstract(self):
     """Shapes of the frozen networks the train step reads ({"lpips": ...}), None without any."""
@@ -164,39 +153,10 @@ class VQGANTask:
              "ema_params": params, "lecam_real": jnp.zeros(()), "lecam_fake": jnp.zeros(())}
     return TrainState.create(params, self.generator_tx(tx), extra=extra)
 
-  def load_init(self, state):
-    """decoder_finetune: encoder, codebook (and quant conv) from the trained tokenizer at
-    config.init_from (its EMA params when saved); the wider decoder starts fresh."""
-    if not self.decoder_finetune:
-      return state
-    trained = checkpoint.load_params(self.config.init_from)
-    params = dict(jax.device_get(state.params))
-    for name in FROZEN_FOR_DECODER_FINETUNE:
-      if name not in params:
-        continue
-      if name not in trained:
-        raise checkpoint.CheckpointError(f"{self.config.init_from} has no {name!r} parameters")
-      want = jax.tree.map(np.shape, params[name])
-      have = jax.tree.map(np.shape, trained[name])
-      if want != have:
-        raise checkpoint.CheckpointError(
-            f"{name} parameters in {self.config.init_from} do not fit this config: "
-            f"{have} vs {want}; the encoder and codebook settings must equal the trained ones")
-      params[name] = trained[name]
-    # Host copies for params and EMA: the caller device_puts the state and donates it to the
-    # train step, and two leaves sharing one buffer would be donated twice.
-    params = jax.tree.map(np.array, params)
-    return state.replace(params=params,
-                         extra=dict(state.extra, ema_params=jax.tree.map(np.array, params)))
-
   # Steps --------------------------------------------------------------------------------------
   def _reconstruct(self, params, img):
-    if not self.decoder_finetune:
-      return self.model.apply({"params": params}, img)
-    # The encoder and codebook are frozen: gradients reach the decoder only.
-    frozen = {k: jax.lax.stop_gradient(v) if k in FROZEN_FOR_DECODER_FINETUNE else v
-              for k, v in params.items()}
-    return self.model.apply({"params": frozen}, img)
+    """(reconstruction, ids, vq losses) of `img` as the generator's loss sees them."""
+    return self.model.apply({"params": params}, img)
 
   def train_step(self, state, batch, rng, tx, frozen=None):
     """frozen: {"lpips": params} when loss.perceptual_weight > 0 (Setup.load_frozen)."""

@@ -1,7 +1,7 @@
-"""The one train loop. A task supplies init_params / init_state / train_step / batch_spec /
-make_source (and frozen_abstract / load_frozen when its step reads frozen networks, make_sampler
-when its config has train.sample_every); the loop owns the mesh, shardings, compilation, data,
-checkpoints, metrics, sample grids and preemption, identically for every stage."""
+"""The one train loop. A stage's task (a muse_jax.tasks.api.Task: the contract is written there)
+supplies shapes, init, the train step, its frozen networks and its data; the loop owns the mesh,
+shardings, compilation, data, checkpoints, metrics, sample grids and preemption, identically for
+every stage."""
 import contextlib
 import functools
 import json
@@ -61,7 +61,7 @@ class Setup:
                             for k, v in spec.items()}
     # Stages trained from raw images through frozen models (tasks/online.py) get host batches of
     # another form, turned into `spec`'s on the devices each step.
-    self.online = getattr(self.task, "online", None)
+    self.online = self.task.online
     self.host_shardings = self.batch_shardings
     if self.online is not None:
       self.host_shardings = {k: mesh_lib.logical_sharding(self.mesh, self.rules, v[1])
@@ -71,8 +71,7 @@ class Setup:
     # argument of the step, neither closed over nor in the state (checkpoints stay the trained
     # model's). Shapes only here, so muse-fit compiles without their weight files; load_frozen
     # reads those.
-    frozen_abstract = getattr(self.task, "frozen_abstract", None)
-    self.frozen_abstract = frozen_abstract() if frozen_abstract else None
+    self.frozen_abstract = self.task.frozen_abstract()
 
   @contextlib.contextmanager
   def context(self):
@@ -87,12 +86,12 @@ class Setup:
                      out_shardings=self.state_shardings)
       return init(rng)
 
-  def load_frozen(self) -> tuple:
-    """The frozen networks' params placed on the mesh: () when the task has none, else one
-    pytree, the train step's last argument. Missing or wrong weight files fail here."""
+  def load_frozen(self):
+    """The frozen networks' params placed on the mesh (None when the task has none), the train
+    step's last argument. Missing or wrong weight files fail here."""
     if self.frozen_abstract is None:
-      return ()
-    return (jax.device_put(self.task.load_frozen(), self.replicated),)
+      return None
+    return jax.device_put(self.task.load_frozen(), self.replicated)
 
   def make_sampler(self):
     """The task's sample-grid sampler (tasks/samples.py: params -> Samples, compiled here for the
@@ -105,28 +104,26 @@ class Setup:
 
   def lower_train_step(self):
     """The jitted, donated train step lowered with explicit in/out shardings: (state, batch,
-    rng[, frozen]) -> (state, metrics)."""
-    in_shardings = (self.state_shardings, self.batch_shardings, self.replicated)
+    rng, frozen) -> (state, metrics); frozen is None for a stage without frozen networks."""
+    in_shardings = (self.state_shardings, self.batch_shardings, self.replicated,
+                    self.replicated)
     abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
     abstract_batch = ckpt_lib.abstract_with_shardings(self.batch_abstract, self.batch_shardings)
     # The key dtype, taken outside the mesh context: under a compile-only (muse-fit) mesh,
     # creating a key would try to run on devices that cannot execute.
     key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
                                sharding=self.replicated)
-    args = (abstract_state, abstract_batch, key)
-    if self.frozen_abstract is None:
-      step = functools.partial(self.task.train_step, tx=self.tx)
-    else:
-      def step(state, batch, rng, frozen):
-        return self.task.train_step(state, batch, rng, tx=self.tx, frozen=frozen)
-      in_shardings += (self.replicated,)
-      args += (jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                           sharding=self.replicated),
-                            self.frozen_abstract),)
+    frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                         sharding=self.replicated),
+                          self.frozen_abstract)
+
+    def step(state, batch, rng, frozen):
+      return self.task.train_step(state, batch, rng, tx=self.tx, frozen=frozen)
+
     jitted = jax.jit(step, in_shardings=in_shardings,
                      out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
     with self.context():
-      return jitted.lower(*args)
+      return jitted.lower(abstract_state, abstract_batch, key, frozen)
 
 
 def memory_report(compiled) -> str:
@@ -234,7 +231,7 @@ def run(config, workdir: str, devices=None) -> dict:
                                      transform=setup.task.make_transform(skips), counter=skips,
                                      num_threads=config.data.num_threads)
   base_rng = jax.random.key(config.seed)
-  evaluate = getattr(setup.task, "evaluate", None)
+  evaluate = setup.task.evaluate
   eval_every = int(config.train.get("eval_every", 0)) if evaluate else 0
   if eval_every:       # one fixed batch of this host's rows, the same on every resume
     eval_batch = next(pipeline.make_iterator(
@@ -243,9 +240,8 @@ def run(config, workdir: str, devices=None) -> dict:
 
   start = checkpointer.latest_step()
   if start is None:
-    state = setup.init_state(base_rng)
-    if hasattr(setup.task, "load_init"):       # e.g. decoder finetuning from a trained tokenizer
-      state = jax.device_put(setup.task.load_init(state), setup.state_shardings)
+    state = jax.device_put(setup.task.load_init(setup.init_state(base_rng)),
+                           setup.state_shardings)
     start = 0
   else:
     abstract = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
@@ -303,7 +299,7 @@ def run(config, workdir: str, devices=None) -> dict:
       batch = pipeline.to_global_batch(local, setup.host_shardings)
       if setup.online is not None:
         batch = setup.online(batch)
-      state, metrics = compiled(state, batch, base_rng, *frozen)
+      state, metrics = compiled(state, batch, base_rng, frozen)
       if pending is not None:
         consume(*pending)        # step t-1's metrics, read after step t was dispatched
       pending = (step + 1, metrics)
