@@ -44,7 +44,7 @@ def main() -> None:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
   w = args.workdir
-  pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(
+  pipe = pipeline.Pipeline(pipeline.PipelinePaths(
       base=f"{w}/base", tokenizer=f"{w}/vq", superres=f"{w}/superres", tokenizer_hi=f"{w}/vq"))
   prompts = {s: demo_report.prompts_for(s, args.num_prompts) for s in ("eval", "eval_seen")}
   print("| variant | held-out all / shape / size / count | seen all / shape / size / count | "

@@ -79,7 +79,7 @@ def masked_token_sections(config: ml_collections.ConfigDict, text_dim: int,
   weight decay 0.045, 5k warm-up, cosine decay) and the text encoder."""
   config.masking = ml_collections.ConfigDict({"rate": "arccos", "text_drop_prob": 0.1})
   config.optim = ml_collections.ConfigDict({
-      "name": "adafactor", "lr": 1e-4, "b1": 0.9, "b2": 0.96, "eps": 1e-8,
+      "name": "adafactor", "lr": 1e-4, "b1": 0.9, "b2": 0.96, "eps": 1e-30,
       "weight_decay": 0.045, "warmup_steps": 5000, "decay": "cosine", "end_lr_frac": 0.0,
       "grad_clip_norm": 1.0,
   })
@@ -129,14 +129,22 @@ def scene_prompts(num: int = 8) -> tuple:
 def demo_optim(optim: ml_collections.ConfigDict) -> None:
   """The CPU demo's optimiser for small masked-token models: AdamW, lr 1e-3, 100 warm-up steps."""
   optim.name, optim.lr, optim.warmup_steps, optim.weight_decay = "adamw", 1e-3, 100, 0.01
+  optim.eps = 1e-8   # Adam's (the adafactor sections' 1e-30 is its factored-moment epsilon)
 
 
 def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  """Sets {"train.num_steps": 4, ...} (dotted keys) on a config, as --config.KEY=VALUE does."""
+  """Sets {"train.num_steps": 4, ...} (dotted keys) on a config, as --config.KEY=VALUE does (and
+  muse-demo's --set): a key the config does not have, or a value of another type than the
+  field's, raises ValueError naming the key."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
     for part in parents:
-      node = node[part]
-    node[leaf] = value
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise ValueError(f"the {config.get('stage', '')} config has no field {key!r}")
+    try:
+      node[leaf] = value            # ConfigDict checks the type against the preset's
+    except TypeError as e:
+      raise ValueError(f"{key}={value!r}: {e}") from None
   return config

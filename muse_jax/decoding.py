@@ -213,25 +213,26 @@ def decode(logits_fn: LogitsFn, init_tokens_BxN, rng, cfg: DecodeConfig, mask_id
   return state if return_state else state.tokens_BxN
 
 
-# The base model ----------------------------------------------------------------------------------
+# Logits with classifier-free guidance ----------------------------------------------------------
 def _pad_text(txt_BxTxC, txt_mask_BxT, length):
   pad = length - txt_BxTxC.shape[1]
   return (jnp.pad(txt_BxTxC, ((0, 0), (0, pad), (0, 0))),
           jnp.pad(txt_mask_BxT.astype(bool), ((0, 0), (0, pad))))
 
 
-def transformer_logits_fn(model: MaskedTransformer, params, txt_BxTxC, txt_mask_BxT,
-                          negative_txt_BxTxC=None, negative_txt_mask_BxT=None, *,
-                          guidance: bool = True) -> LogitsFn:
-  """A LogitsFn for the base MaskedTransformer (params: its "params" collection, unboxed).
+def guided_logits_fn(encode, logits, txt_BxTxC, txt_mask_BxT, negative_txt_BxTxC=None,
+                     negative_txt_mask_BxT=None, *, codebook_size: int,
+                     guidance: bool = True) -> LogitsFn:
+  """A LogitsFn from a model's two halves, for every masked-token model (base and super-res).
 
-  Encodes the text (projection and every layer's cross-attention keys/values) once, here; build it
-  inside the same jit as `decode` so the cache is a loop constant. With guidance, each call runs
-  one forward pass over [tokens; tokens] against [text; negative text, or no text] and returns
+  encode(txt_BxTxC, txt_mask_BxT) -> context: the part that does not change between decoding
+  steps (text projection, cross-attention keys/values, the super-res low-res stream), run once,
+  here; build the LogitsFn inside the same jit as `decode` so it is a loop constant. With
+  guidance the batch is doubled: encode sees [text; negative text, or no text] (2B rows), and
+  each call runs one pass of logits([tokens; tokens], context), returning
   (1 + g) l_cond - g l_uncond over the codebook; without, the conditional logits only (g unused,
-  and half the compute). A negative prompt may have another text length (both are zero-padded).
+  half the compute). A negative prompt may have another text length (both are zero-padded).
   """
-  codebook = model.cfg.codebook_size
   b = txt_BxTxC.shape[0]
   if (negative_txt_BxTxC is None) != (negative_txt_mask_BxT is None):
     raise ValueError("pass both negative_txt_BxTxC and negative_txt_mask_BxT, or neither")
@@ -239,12 +240,11 @@ def transformer_logits_fn(model: MaskedTransformer, params, txt_BxTxC, txt_mask_
     if negative_txt_BxTxC is not None:
       raise ValueError("a negative prompt replaces the unconditional logits of classifier-free "
                        "guidance; it needs guidance=True (and DecodeConfig.guidance_scale > 0)")
-    cache = model.apply({"params": params}, txt_BxTxC, txt_mask_BxT, method="encode_context")
+    context = encode(txt_BxTxC, txt_mask_BxT)
 
     def logits_fn(tokens_BxN, guidance_scale):
       del guidance_scale
-      return model.apply({"params": params}, tokens_BxN, cache,
-                         method="logits_from_cache")[..., :codebook]
+      return logits(tokens_BxN, context)[..., :codebook_size]
     return logits_fn
 
   if negative_txt_BxTxC is None:  # unconditional: no text at all
@@ -257,15 +257,32 @@ def transformer_logits_fn(model: MaskedTransformer, params, txt_BxTxC, txt_mask_
   length = max(txt_BxTxC.shape[1], neg_txt.shape[1])
   txt, mask = _pad_text(txt_BxTxC, txt_mask_BxT, length)
   neg_txt, neg_mask = _pad_text(neg_txt.astype(txt.dtype), neg_mask, length)
-  cache = model.apply({"params": params}, jnp.concatenate([txt, neg_txt]),
-                      jnp.concatenate([mask, neg_mask]), method="encode_context")
+  context = encode(jnp.concatenate([txt, neg_txt]), jnp.concatenate([mask, neg_mask]))
 
-  def guided_logits_fn(tokens_BxN, guidance_scale):
-    logits_2BxNxV = model.apply({"params": params}, jnp.concatenate([tokens_BxN, tokens_BxN]),
-                                cache, method="logits_from_cache")[..., :codebook]
+  def guided(tokens_BxN, guidance_scale):
+    logits_2BxNxV = logits(jnp.concatenate([tokens_BxN, tokens_BxN]),
+                           context)[..., :codebook_size]
     cond_BxNxV, uncond_BxNxV = logits_2BxNxV[:b], logits_2BxNxV[b:]
     return (1.0 + guidance_scale) * cond_BxNxV - guidance_scale * uncond_BxNxV
-  return guided_logits_fn
+  return guided
+
+
+# The base model ----------------------------------------------------------------------------------
+def transformer_logits_fn(model: MaskedTransformer, params, txt_BxTxC, txt_mask_BxT,
+                          negative_txt_BxTxC=None, negative_txt_mask_BxT=None, *,
+                          guidance: bool = True) -> LogitsFn:
+  """A LogitsFn for the base MaskedTransformer (params: its "params" collection, unboxed): the
+  text projection and every layer's cross-attention keys/values are the cached context
+  (guided_logits_fn)."""
+  def encode(txt_BxTxC, txt_mask_BxT):
+    return model.apply({"params": params}, txt_BxTxC, txt_mask_BxT, method="encode_context")
+
+  def logits(tokens_BxN, cache):
+    return model.apply({"params": params}, tokens_BxN, cache, method="logits_from_cache")
+
+  return guided_logits_fn(encode, logits, txt_BxTxC, txt_mask_BxT, negative_txt_BxTxC,
+                          negative_txt_mask_BxT, codebook_size=model.cfg.codebook_size,
+                          guidance=guidance)
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))

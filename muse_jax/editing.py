@@ -151,7 +151,7 @@ def inpaint(pipe: Pipeline, image_HxWx3, mask_HxW, prompt: str, cfg: SampleConfi
     region_hi = token_region(mask, pipe.sr_cfg.hi_grid_size)
     init_hi = np.where(region_hi, pipe.sr_cfg.mask_id, tokens_hi)
   rows = cfg.num_images
-  samples = pipe.run([prompt], cfg, None if negative_prompt is None else [negative_prompt],
+  samples = pipe.generate([prompt], cfg, None if negative_prompt is None else [negative_prompt],
                      init_lo_BxN=np.repeat(init_lo[None], rows, 0),
                      init_hi_BxM=None if init_hi is None else np.repeat(init_hi[None], rows, 0))
   return EditResult(samples, tokens_lo, tokens_hi, region_lo, region_hi)

@@ -1,7 +1,7 @@
 """Text -> images: text encoder -> base decode -> (optional) super-res decode -> VQ decoder.
 
-  pipe = Pipeline.from_paths(PipelinePaths(base="/ckpt/base", tokenizer="/ckpt/vq_f16",
-                                           superres="/ckpt/superres", tokenizer_hi="/ckpt/vq_f8"))
+  pipe = Pipeline(PipelinePaths(base="/ckpt/base", tokenizer="/ckpt/vq_f16",
+                              superres="/ckpt/superres", tokenizer_hi="/ckpt/vq_f8"))
   out = pipe.generate(["a red cube left of a blue ball"], SampleConfig(num_images=4, seed=0))
   out.images_BxHxWx3   # numpy float32 in [0, 1], prompt-major (prompt p, image k at p * 4 + k)
 
@@ -89,51 +89,29 @@ def _stage_config(path: str, stage: str, role: str) -> dict:
   return config
 
 
-def _pad_text(txt_BxTxC, txt_mask_BxT, length):
-  pad = length - txt_BxTxC.shape[1]
-  return (jnp.pad(txt_BxTxC, ((0, 0), (0, pad), (0, 0))),
-          jnp.pad(txt_mask_BxT.astype(bool), ((0, 0), (0, pad))))
-
-
 def superres_logits_fn(model: SuperResTransformer, params, tokens_lo_BxN, txt_BxTxC,
                        txt_mask_BxT, negative_txt_BxTxC=None, negative_txt_mask_BxT=None, *,
                        guidance: bool = True) -> decoding.LogitsFn:
   """A decoding.LogitsFn for the super-res model: the context (low-res stream + projected text) is
-  encoded once; with guidance one pass over [tokens; tokens] against [text; negative text or no
-  text] (both halves keep the low-res tokens) gives (1 + g) l_cond - g l_uncond."""
-  codebook = model.cfg.codebook_size
+  encoded once (decoding.guided_logits_fn); with guidance both halves of the doubled batch keep
+  the low-res tokens."""
   b = tokens_lo_BxN.shape[0]
-  if not guidance:
-    ctx = model.apply({"params": params}, tokens_lo_BxN, txt_BxTxC, txt_mask_BxT,
-                      method="encode_context")
 
-    def logits_fn(tokens_BxM, guidance_scale):
-      del guidance_scale
-      return model.apply({"params": params}, tokens_BxM, *ctx,
-                         method="logits_from_context")[..., :codebook]
-    return logits_fn
+  def encode(txt_BxTxC, txt_mask_BxT):
+    copies = txt_BxTxC.shape[0] // b      # 2 with guidance: [text; negative or no text]
+    return model.apply({"params": params}, jnp.concatenate([tokens_lo_BxN] * copies),
+                       txt_BxTxC, txt_mask_BxT, method="encode_context")
 
-  if negative_txt_BxTxC is None:
-    neg_txt, neg_mask = jnp.zeros_like(txt_BxTxC), jnp.zeros(txt_mask_BxT.shape, bool)
-  else:
-    neg_txt, neg_mask = negative_txt_BxTxC, negative_txt_mask_BxT
-  length = max(txt_BxTxC.shape[1], neg_txt.shape[1])
-  txt, mask = _pad_text(txt_BxTxC, txt_mask_BxT, length)
-  neg_txt, neg_mask = _pad_text(neg_txt.astype(txt.dtype), neg_mask, length)
-  ctx = model.apply({"params": params}, jnp.concatenate([tokens_lo_BxN, tokens_lo_BxN]),
-                    jnp.concatenate([txt, neg_txt]), jnp.concatenate([mask, neg_mask]),
-                    method="encode_context")
+  def logits(tokens_BxM, context):
+    return model.apply({"params": params}, tokens_BxM, *context, method="logits_from_context")
 
-  def guided_logits_fn(tokens_BxM, guidance_scale):
-    logits_2BxMxV = model.apply({"params": params}, jnp.concatenate([tokens_BxM, tokens_BxM]),
-                                *ctx, method="logits_from_context")[..., :codebook]
-    cond, uncond = logits_2BxMxV[:b], logits_2BxMxV[b:]
-    return (1.0 + guidance_scale) * cond - guidance_scale * uncond
-  return guided_logits_fn
+  return decoding.guided_logits_fn(encode, logits, txt_BxTxC, txt_mask_BxT, negative_txt_BxTxC,
+                                   negative_txt_mask_BxT, codebook_size=model.cfg.codebook_size,
+                                   guidance=guidance)
 
 
 class Pipeline:
-  """Loaded, checked parts and the jitted samplers. Build with `Pipeline.from_paths`."""
+  """Loaded, checked parts and the jitted samplers. Build with `Pipeline(PipelinePaths(...))`."""
 
   def __init__(self, paths: PipelinePaths, devices=None):
     if (paths.superres is None) != (paths.tokenizer_hi is None):
@@ -203,10 +181,6 @@ class Pipeline:
       return tokenizer_lib.Tokenizer(path, self.mesh)
     except (OSError, ValueError) as e:      # UsageError and CheckpointError are ValueErrors
       raise PipelineError(f"{flag} {path}: {e}") from e
-
-  @classmethod
-  def from_paths(cls, paths: PipelinePaths, devices=None) -> "Pipeline":
-    return cls(paths, devices)
 
   # Shapes -------------------------------------------------------------------------------------
   @property
@@ -360,10 +334,10 @@ class Pipeline:
                    tokens_hi_BxM=None if tokens_hi is None else self.to_host(tokens_hi)[:b],
                    prompts=text["rows"])
 
-  def run(self, prompts: Sequence[str], cfg: SampleConfig,
-          negative_prompts: Optional[Sequence[str]] = None, init_lo_BxN=None,
-          init_hi_BxM=None) -> Samples:
-    """One row per (prompt, image): prompts are repeated cfg.num_images times (prompt-major).
+  def generate(self, prompts: Sequence[str], cfg: SampleConfig = SampleConfig(),
+               negative_prompts: Optional[Sequence[str]] = None, init_lo_BxN=None,
+               init_hi_BxM=None) -> Samples:
+    """Text -> images (Samples.images_BxHxWx3 in [0, 1]), one row per (prompt, image): prompts are repeated cfg.num_images times (prompt-major).
     init_lo_BxN / init_hi_BxM: per-row initial tokens (mask_id where to generate) for editing;
     None: all masked."""
     negative = negative_prompts is not None
@@ -385,11 +359,6 @@ class Pipeline:
     if init.min() < 0 or init.max() > mask_id:
       raise PipelineError(f"initial tokens must be ids in [0, {mask_id}] ({mask_id} = [MASK])")
     return np.concatenate([init, np.repeat(init[-1:], bp - b, 0)])
-
-  def generate(self, prompts: Sequence[str], cfg: SampleConfig = SampleConfig(),
-               negative_prompts: Optional[Sequence[str]] = None) -> Samples:
-    """Text -> images (Samples.images_BxHxWx3 in [0, 1], B = len(prompts) * cfg.num_images)."""
-    return self.run(prompts, cfg, negative_prompts)
 
 
 def image_grid(images_BxHxWx3, cols: Optional[int] = None) -> np.ndarray:

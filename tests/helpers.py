@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+
 from configs import base as base_config
 from configs import common
 
@@ -55,3 +58,11 @@ def read_losses(workdir) -> dict:
         if "loss" in rec:
           out[rec["step"]] = rec["loss"]
   return out
+
+
+def param_count(config) -> int:
+  """Parameters of every network the config's stage trains (a tokenizer's discriminator
+  included), from shapes only (jax.eval_shape: paper presets cost no memory)."""
+  from muse_jax import tasks
+  boxed = jax.eval_shape(tasks.get_task(config).init_boxed, jax.random.key(0))
+  return sum(x.size for x in jax.tree.leaves(nn.unbox(boxed)))

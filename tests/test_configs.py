@@ -8,58 +8,45 @@ import pytest
 
 from configs import base as base_config
 from configs import decoder_finetune as ft_config
-from configs import superres as superres_config
 from configs import vqgan as vqgan_config
 from muse_jax import tasks
 from muse_jax.train import loop
 from tests import helpers
 
 
-def _param_count(config) -> int:
-  task = tasks.get_task(config)
-  shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-  return sum(x.size for x in jax.tree.leaves(nn.unbox(shapes)))
-
-
 @pytest.mark.parametrize("size", sorted(base_config.PRESETS))
 def test_every_base_preset_evaluates(size):
   config = base_config.get_config(f"size={size}")
-  assert _param_count(config) > 0
+  assert helpers.param_count(config) > 0
 
 
 @pytest.mark.parametrize("size,paper", [("632m", 632e6), ("3b", 3e9)])
 def test_paper_parameter_counts_within_10_percent(size, paper):
-  n = _param_count(base_config.get_config(f"size={size}"))
+  n = helpers.param_count(base_config.get_config(f"size={size}"))
   assert abs(n - paper) / paper < 0.10, f"{size}: {n / 1e6:.1f}M params vs paper {paper / 1e6:.0f}M"
 
 
-def _boxed_count(config) -> int:
-  """Parameters of every network the stage trains (the tokenizers' discriminator included)."""
-  boxed = jax.eval_shape(tasks.get_task(config).init_boxed, jax.random.key(0))
-  return sum(x.size for x in jax.tree.leaves(nn.unbox(boxed)))
-
-
-STAGE_PRESETS = ([(superres_config, s) for s in sorted(superres_config.PRESETS)]
-                 + [(vqgan_config, s) for s in sorted(vqgan_config.PRESETS)]
+# (tests/test_superres.py instantiates the super-res presets.)
+STAGE_PRESETS = ([(vqgan_config, s) for s in sorted(vqgan_config.PRESETS)]
                  + [(ft_config, s) for s in sorted(vqgan_config.PRESETS)])
 
 
 @pytest.mark.parametrize("module,size", STAGE_PRESETS,
                          ids=[f"{m.__name__.split('.')[-1]}-{s}" for m, s in STAGE_PRESETS])
 def test_every_other_stage_preset_instantiates(module, size):
-  # Shapes only (jax.eval_shape): the paper presets (vqgan f16-256 / f8-512, their decoder
-  # finetuning, super-res 268m) build without memory or weight files.
+  # Shapes only (jax.eval_shape): the paper presets (vqgan f16-256 / f8-512 and their decoder
+  # finetuning) build without memory or weight files.
   config = module.get_config(f"size={size}")
   if config.stage == "decoder_finetune":
     config.init_from = "/unused/trained_tokenizer"   # read by load_init only, not at build
-    plain = _boxed_count(vqgan_config.get_config(f"size={size}"))
-    assert _boxed_count(config) > plain          # the wider decoder
+    plain = helpers.param_count(vqgan_config.get_config(f"size={size}"))
+    assert helpers.param_count(config) > plain          # the wider decoder
   else:
-    assert _boxed_count(config) > 0
+    assert helpers.param_count(config) > 0
 
 
 def test_cpu_bench_is_about_40m():
-  n = _param_count(base_config.get_config("size=cpu-bench"))
+  n = helpers.param_count(base_config.get_config("size=cpu-bench"))
   assert 35e6 < n < 50e6, n
 
 

@@ -32,7 +32,7 @@ def test_base_model_learns_colour_and_position(tmp_path):
   demo._train("vq", configs["vq"], workdir)                         # noqa: SLF001
   demo._encode(workdir, NUM_EXAMPLES)                                # noqa: SLF001
   demo._train("base", configs["base"], workdir)                     # noqa: SLF001
-  pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(
+  pipe = pipeline.Pipeline(pipeline.PipelinePaths(
       base=f"{workdir}/base", tokenizer=f"{workdir}/vq"))
   cfg = pipeline.SampleConfig(num_images=1, seed=0,
                               base=decoding.DecodeConfig(num_steps=12, guidance_scale=4.0))

@@ -59,13 +59,13 @@ def paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(paths):
-  return Pipeline.from_paths(PipelinePaths(base=paths["base"], tokenizer=paths["tok"]))
+  return Pipeline(PipelinePaths(base=paths["base"], tokenizer=paths["tok"]))
 
 
 @pytest.fixture(scope="module")
 def pipe_sr(paths):
-  return Pipeline.from_paths(PipelinePaths(base=paths["base"], tokenizer=paths["tok"],
-                                           superres=paths["sr"], tokenizer_hi=paths["tok"]))
+  return Pipeline(PipelinePaths(base=paths["base"], tokenizer=paths["tok"],
+                                superres=paths["sr"], tokenizer_hi=paths["tok"]))
 
 
 def _image(side, seed=0):
@@ -118,15 +118,15 @@ def test_two_stages_give_high_resolution_images(pipe_sr):
 def test_incompatible_parts_are_refused(paths, tmp_path):
   other = _tokenizer(tmp_path / "tok48", VQGANConfig(**{**TOK.__dict__, "codebook_size": 48}))
   with pytest.raises(PipelineError, match="has 48 codes but base checkpoint .* trained on 32"):
-    Pipeline.from_paths(PipelinePaths(base=paths["base"], tokenizer=other))
+    Pipeline(PipelinePaths(base=paths["base"], tokenizer=other))
   with pytest.raises(PipelineError, match="stage 'superres'; expected a 'base' checkpoint"):
-    Pipeline.from_paths(PipelinePaths(base=paths["sr"], tokenizer=paths["tok"]))
+    Pipeline(PipelinePaths(base=paths["sr"], tokenizer=paths["tok"]))
   with pytest.raises(PipelineError, match="high-res tokenizer .* has 48 codes but super-res"):
-    Pipeline.from_paths(PipelinePaths(base=paths["base"], tokenizer=paths["tok"],
-                                      superres=paths["sr"], tokenizer_hi=other))
+    Pipeline(PipelinePaths(base=paths["base"], tokenizer=paths["tok"],
+                           superres=paths["sr"], tokenizer_hi=other))
   with pytest.raises(PipelineError, match="needs both"):
-    Pipeline.from_paths(PipelinePaths(base=paths["base"], tokenizer=paths["tok"],
-                                      superres=paths["sr"]))
+    Pipeline(PipelinePaths(base=paths["base"], tokenizer=paths["tok"],
+                           superres=paths["sr"]))
 
 
 # Editing ----------------------------------------------------------------------------------------

@@ -14,16 +14,12 @@ from configs import common, superres as superres_config
 from muse_jax import tasks
 from muse_jax.data import preencoded, preprocess
 from muse_jax.train import loop
+from tests import helpers
 
 
 def _config(size="tiny", **overrides):
   """configs/superres.py:size=SIZE with dotted-key overrides, e.g. {"train.num_steps": 4}."""
   return common.override(superres_config.get_config(f"size={size}"), overrides)
-
-
-def _param_count(config) -> int:
-  shapes = jax.eval_shape(tasks.get_task(config).init_params, jax.random.key(0))
-  return sum(x.size for x in jax.tree.leaves(nn.unbox(shapes)))
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +43,11 @@ def _logits(setup, tokens_hi, batch=None, txt=None, txt_mask=None):
 
 @pytest.mark.parametrize("size", sorted(superres_config.PRESETS))
 def test_every_preset_evaluates(size):
-  assert _param_count(_config(size)) > 0
+  assert helpers.param_count(_config(size)) > 0
 
 
 def test_268m_preset_is_within_10_percent_of_the_paper():
-  n = _param_count(_config("268m"))
+  n = helpers.param_count(_config("268m"))
   assert abs(n - 268e6) / 268e6 < 0.10, f"{n / 1e6:.1f}M params vs paper 268M"
 
 

@@ -25,7 +25,6 @@ import sys
 import time
 
 from absl import logging
-import ml_collections
 
 from muse_jax import paths
 
@@ -74,17 +73,10 @@ def stage_configs(workdir: str, quick: bool, sets: dict | None = None) -> dict:
       common.override(config, {"model.remat": "none"})
   configs = {"vq": vq, "base": b, "superres": sr}
   for stage, fields in (sets or {}).items():
-    for field, value in fields.items():
-      node = configs[stage]
-      *parents, leaf = field.split(".")
-      for part in parents:
-        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-      if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise ValueError(f"--set {stage}.{field}: the {stage} config has no field {field!r}")
-      try:
-        node[leaf] = value            # ConfigDict checks the type against the preset's
-      except TypeError as e:
-        raise ValueError(f"--set {stage}.{field}={value!r}: {e}") from None
+    try:
+      common.override(configs[stage], fields)
+    except ValueError as e:
+      raise ValueError(f"--set {stage}: {e}") from None
   _check_token_shapes(configs)
   return configs
 

@@ -50,7 +50,7 @@ def sample_and_score(workdir: str, num_prompts: int, quick: bool):
   labelled with its prompt)."""
   from muse_jax import grids
   t0 = time.perf_counter()
-  pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(
+  pipe = pipeline.Pipeline(pipeline.PipelinePaths(
       base=os.path.join(workdir, "base"), tokenizer=os.path.join(workdir, "vq"),
       superres=os.path.join(workdir, "superres"), tokenizer_hi=os.path.join(workdir, "vq")))
   out_dir = os.path.join(workdir, "samples")

@@ -275,7 +275,7 @@ def pipeline_sampler(base: str, tokenizer: str, superres=None, tokenizer_hi=None
   """sample(prompts, seed, guidance, temperature) over muse_jax.pipeline.Pipeline (one image
   per prompt; guidance and temperature set for the base and the super-res decode)."""
   from muse_jax import pipeline
-  pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(
+  pipe = pipeline.Pipeline(pipeline.PipelinePaths(
       base=base, tokenizer=tokenizer, superres=superres, tokenizer_hi=tokenizer_hi))
   default = pipeline.SampleConfig()
 
@@ -297,7 +297,7 @@ def evaluate_links(base: str, tokenizer: str, superres=None, tokenizer_hi=None, 
   temperature: one value for both stages (None: muse-sample's defaults)."""
   from muse_jax import pipeline
   from muse_jax.metrics import links
-  pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(
+  pipe = pipeline.Pipeline(pipeline.PipelinePaths(
       base=base, tokenizer=tokenizer, superres=superres, tokenizer_hi=tokenizer_hi))
   default, stages = links.LinksConfig(), {}
   for stage in ("base", "superres"):

@@ -162,9 +162,8 @@ def build_pipeline(args) -> Pipeline:
   if bool(args.superres) != bool(args.tokenizer_hi):
     raise UsageError("--superres and --tokenizer-hi go together: the super-res model's tokens "
                      "need the high-res tokenizer to become pixels")
-  return Pipeline.from_paths(PipelinePaths(base=args.checkpoint, tokenizer=args.tokenizer,
-                                           superres=args.superres,
-                                           tokenizer_hi=args.tokenizer_hi))
+  return Pipeline(PipelinePaths(base=args.checkpoint, tokenizer=args.tokenizer,
+                                superres=args.superres, tokenizer_hi=args.tokenizer_hi))
 
 
 def sample_config(args) -> SampleConfig:

@@ -1,8 +1,8 @@
 """Where a prompt's attributes are lost: prompt alignment of each link of the cascade, on the same
 scene prompts (muse_jax/data/scenes.py) and seeds, scored by muse_jax/metrics/alignment.py.
 
-  pipe = pipeline.Pipeline.from_paths(pipeline.PipelinePaths(base=..., tokenizer=...,
-                                                             superres=..., tokenizer_hi=...))
+  pipe = pipeline.Pipeline(pipeline.PipelinePaths(base=..., tokenizer=...,
+                                                  superres=..., tokenizer_hi=...))
   result = evaluate_links(pipe, LinksConfig(num_images=96))
   result.report["rows"]   # one entry per link, alignment per split ("eval", "eval_seen")
 
@@ -228,7 +228,7 @@ def link_images(pipe: pipeline.Pipeline, data: SplitInputs, cfg: LinksConfig):
            {"rate": float(rate), "tokens": stats})
   sample_cfg = pipeline.SampleConfig(num_images=1, seed=cfg.seed, base=cfg.base,
                                      superres=cfg.superres)
-  samples = pipe.run(data.prompts, sample_cfg)
+  samples = pipe.generate(data.prompts, sample_cfg)
   base_images = (_decode(pipe.tokenizer, samples.tokens_lo_BxN, batch) if pipe.has_superres
                  else samples.images_BxHxWx3)
   yield "base_samples", f"base samples ({lo} px, {cfg.base.num_steps} steps)", base_images, {}
@@ -236,7 +236,7 @@ def link_images(pipe: pipeline.Pipeline, data: SplitInputs, cfg: LinksConfig):
     # Super-res was trained on base tokens of the output-resolution scene resized to the base
     # resolution (tasks/online.py), so these are its ground-truth input.
     truth_lo_sr = pipe.tokenizer.encode(data.truth_out.astype(np.float32) / 255.0, lo, batch)
-    sr = pipe.run(data.prompts, sample_cfg, init_lo_BxN=truth_lo_sr)
+    sr = pipe.generate(data.prompts, sample_cfg, init_lo_BxN=truth_lo_sr)
     yield "superres_gt", "super-res on ground-truth base tokens", sr.images_BxHxWx3, {}
     yield "cascade", "cascade samples (base + super-res)", samples.images_BxHxWx3, {}
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from muse_jax.convert import hf_text
 from muse_jax.data.text import CaptionTokenizer
-from muse_jax.models.bert import BertConfig
 from muse_jax.models.t5 import T5Config
 from muse_jax.parallel import axes, mesh as mesh_lib
 
@@ -74,17 +73,6 @@ def bundled_minilm_path() -> str:
 
 def snapshot_path(cfg: TextEncoderConfig) -> str:
   return cfg.path or bundled_minilm_path()
-
-
-def build_model(kind: str, hf_config: dict, dtype: str = "float32"):
-  """(model config, flax module) for a Hugging Face config.json dict."""
-  if kind == "t5":
-    model_cfg = T5Config.from_hf(hf_config, dtype=dtype)
-  elif kind == "bert":
-    model_cfg = BertConfig.from_hf(hf_config, dtype=dtype)
-  else:
-    raise ValueError(f"text encoder kind must be one of {KINDS}, got {kind!r}")
-  return model_cfg, hf_text.build_model(kind, model_cfg)
 
 
 def width(model_cfg) -> int:

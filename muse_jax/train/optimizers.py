@@ -26,9 +26,10 @@ def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
 def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer named by optim.name, with gradient clipping and decoupled weight decay.
 
-  adafactor: factored second moments with a constant beta2 = optim.b2 (the paper's 0.96), first
+  adafactor: factored second moments with a constant beta2 = optim.b2 (the paper's 0.96) and
+  epsilon optim.eps (1e-30 in the presets: Adafactor's eps1, added to squared gradients), first
   moment EMA with optim.b1, decoupled weight decay; as in Muse Table 4.
-  adamw: optax.adamw with (b1, b2).
+  adamw: optax.adamw with (b1, b2, eps).
   """
   schedule = learning_rate_schedule(optim, total_steps)
   chain = []
@@ -37,7 +38,8 @@ def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformatio
   if optim.name == "adafactor":
     b2 = float(optim.b2)
     chain += [
-        optax.scale_by_factored_rms(decay_rate_fn=lambda step, _: b2, epsilon=1e-30),
+        optax.scale_by_factored_rms(decay_rate_fn=lambda step, _: b2,
+                                   epsilon=float(optim.eps)),
         optax.clip_by_block_rms(1.0),
         optax.ema(optim.b1, debias=False),
     ]
