@@ -44,8 +44,10 @@ class Checkpointer:
       raise ValueError(f"checkpoint.every and checkpoint.keep must be positive, got {every}, {keep}")
     self.every = int(every)
     _check_writable(self.directory)
+    # The cadence is decided here once (should_save, plus the loop's last step and preemption),
+    # so orbax's own interval is 1: it saves whenever save() is called.
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=async_save,
+        save_interval_steps=1, max_to_keep=keep, enable_async_checkpointing=async_save,
         create=True, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -57,15 +59,16 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def should_save(self, step: int) -> bool:
+    """Every checkpoint.every steps (the loop also saves the last step and on preemption)."""
     return step % self.every == 0
 
-  def save(self, step: int, state, data_iter, config_json: str, force: bool = False) -> bool:
+  def save(self, step: int, state, data_iter, config_json: str) -> bool:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iter),
         config=ocp.args.JsonSave(json.loads(config_json)))
     try:
-      return self.manager.save(step, args=args, force=force)
+      return self.manager.save(step, args=args)
     except OSError as e:
       raise CheckpointError(f"saving checkpoint step {step} to {self.directory} failed ({e}); "
                             f"earlier checkpoints are intact") from e

@@ -32,9 +32,9 @@ def main(argv):
                jax.device_count())
   config = paths.resolve_config(_CONFIG.value)   # relative paths: absolute, once, here
   out = loop.run(config, paths.resolve(_WORKDIR.value))
-  if out["preempted"]:
+  if out.preempted:
     logging.warning("stopped for preemption at step %d; rerun the same command to resume",
-                    out["final_step"])
+                    out.final_step)
 
 
 def run_main():

