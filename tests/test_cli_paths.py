@@ -71,7 +71,8 @@ def test_muse_train_resolves_workdir_and_config_paths(tmp_path):
   # A stand-in module for muse_jax.train.loop (the real one imports TensorBoard and torch).
   stub = ("import json, sys, types; l = types.ModuleType('muse_jax.train.loop'); "
           "sys.modules[l.__name__] = l; l.run = lambda c, w: print(json.dumps([w, "
-          "c.data.tokenizer, c.text_encoder.path, c.data.path])) or {'preempted': False}; "
+          "c.data.tokenizer, c.text_encoder.path, c.data.path])) or types.SimpleNamespace("
+          "preempted=False); "
           "from muse_jax.main import run_main; run_main()")
   proc = subprocess.run(
       [sys.executable, "-c", stub, f"--config={helpers.REPO}/configs/base.py:size=tiny",

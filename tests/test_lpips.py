@@ -270,7 +270,10 @@ def test_perceptual_loss_without_its_files_fails_before_training(tmp_path):
                      r"LPIPS-VGG network, but loss\.perceptual_vgg_weights is not set: .*"
                      r"vgg16-397923af\.pth.*set loss\.perceptual_weight=0 to train without"):
     loop.run(config, tmp_path / "run")
-  assert not (tmp_path / "run").exists()         # no checkpoint, no metrics: no step ran
+  # No step ran: no metrics, no checkpoint (the empty checkpoints/ folder is the writability
+  # check, made before anything loads or compiles).
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
+  assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
   vgg_path, _ = _save(tmp_path, *_random_state_dicts(0))
   config = _tiny(**{"loss.perceptual_weight": 0.05, "loss.perceptual_vgg_weights": str(vgg_path),
                     "loss.perceptual_lin_weights": str(tmp_path / "vgg.pth")})
