@@ -80,9 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.sample_every = 0
   elif args.size == "demo":
     # Hidden 128 / MLP 512: a few CPU minutes buy too few training tokens for a wider model
-    # (a hidden-256 model ended at a higher loss in the same time). 1200 steps of batch 64 over
-    # 8x8 tokens: colour and position are learnt by then (benchmarks/RESULTS.md, "A world sized
-    # to the demo"); the demo's time budget goes to the super-res stage, which draws the shapes.
+    # (a hidden-256 model ended at a higher loss in the same time). 1200 steps of batch 64 fit
+    # the demo's budget; more steps still help (benchmarks/RESULTS.md, "The demo's learning
+    # rate", which also has the link table showing where shape is lost).
     common.train_common(config, batch_size=64, num_steps=1200, log_every=100, ckpt_every=600)
     common.demo_optim(config.optim)
     config.train.sample_every = 600

@@ -86,9 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.sample_every = 0
   elif args.size == "demo":
     # 1 + 2 layers, hidden 128, batch 32: 16x16 high-res tokens cost ~4x the base stage's 8x8
-    # per example, and 4 high-res layers were ~2x slower per step than 2; at 64 px the tokenizer
-    # keeps an object's shape where at 32 px it often does not (RESULTS.md, "A world sized to the
-    # demo"), so this stage, reading the caption, is where the demo's shapes are drawn.
+    # per example, and 4 high-res layers were ~2x slower per step than 2 (RESULTS.md, "A world
+    # sized to the demo"); 800 steps fit the demo's budget, more still help.
     common.train_common(config, batch_size=32, num_steps=800, log_every=50, ckpt_every=400)
     common.demo_optim(config.optim)
     config.train.sample_every = 400

@@ -92,23 +92,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.lr = config.disc_optim.lr = 1e-3
     config.optim.warmup_steps = config.disc_optim.warmup_steps = 5
   elif args.size == "demo":
-    # Measured choices (benchmarks/RESULTS.md, "How fast the demo tokenizer's autoencoder
-    # learns" and "The demo's recipe with a sharp tokenizer"): L2 learns the small objects where
-    # L1 keeps the grey median; FSQ with levels (4, 4, 4, 4) (256 codes) instead of 256
-    # l2-normalised VQ codes with an entropy loss: 27.6 vs 26.2 dB at step 600, and the VQ
-    # entropy loss spread the plain grey background over 203 codes (7.4 bits of noise per token
-    # for the base model) where FSQ uses 107 (6.1 bits); the demo's samples then score colour
-    # 39 / 40% instead of 17 / 15% (held-out / seen). The adversarial loss, switched on at step
-    # 400 of 600, cost 0.9 dB, so the demo runs without it (weight 0: the discriminator is then
-    # never run). f4 at 32 px (was f16 at 64 px): an object spans 2-3 tokens instead of sitting
-    # inside one, so its shape can survive tokenization ("A world sized to the demo").
+    # Measured choices, figures in benchmarks/RESULTS.md ("How fast the demo tokenizer's
+    # autoencoder learns", "The demo's recipe with a sharp tokenizer", "A world sized to the
+    # demo"): L2, because L1 keeps the grey median instead of the small objects; FSQ (4, 4, 4, 4)
+    # instead of VQ with an entropy loss, which spread the plain background over twice the codes
+    # (noise the base model must learn); no adversarial loss, which cost PSNR at this length
+    # (weight 0: the discriminator never runs); f4 at 32 px, so an object spans 2-3 tokens
+    # instead of sitting inside one.
     common.train_common(config, batch_size=p["batch"], num_steps=1500, log_every=50,
                         ckpt_every=500)
     config.model.dtype = "float32"
-    # LayerNorm (model.norm="layer", was GroupNorm): each latent depends on its neighbourhood
-    # only, so plain background encodes alike in every scene and the 128-px decode matches the
-    # 64-px training: 27.2 dB at 128 px (GroupNorm 25.0), background tokens 2.8 bits (5.1), and
-    # the demo's samples colour 61 / 55%, count 60 / 52% (GroupNorm 47 / 32%, 31 / 31%).
+    # LayerNorm (model.norm="layer", not GroupNorm): each latent depends on its neighbourhood
+    # only, so plain background encodes alike in every scene and a decode at another size than
+    # the training one matches it (RESULTS.md, "LayerNorm in the demo tokenizer").
     config.model.update({"quantizer": "fsq", "fsq_levels": (4, 4, 4, 4), "norm": "layer"})
     config.loss.reconstruction = "l2"
     config.loss.adversarial_weight = 0.0
