@@ -33,9 +33,7 @@ def scenes_of_sizes(num: int, resolution: int, rng: np.random.Generator):
   for i in range(num):
     size = ("small", "large")[(i // len(scenes.SHAPES)) % 2]
     position = tuple(scenes.POSITIONS)[int(rng.integers(len(scenes.POSITIONS)))]
-    lo, hi = scenes.SIZES[size] + scenes._MARGIN, 1 - scenes.SIZES[size] - scenes._MARGIN  # noqa: SLF001
-    center = tuple(float(np.clip(c + rng.uniform(-scenes._JITTER, scenes._JITTER), lo, hi))  # noqa: SLF001
-                   for c in scenes.POSITIONS[position])
+    center = scenes.jittered_center(position, size, rng)
     obj = {"colour": tuple(scenes.COLOURS)[int(rng.integers(len(scenes.COLOURS)))],
            "shape": scenes.SHAPES[i % len(scenes.SHAPES)], "size": size, "position": position,
            "center": center}

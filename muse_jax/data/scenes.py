@@ -341,6 +341,14 @@ def _boxes_apart(a, b) -> bool:
   return abs(ax - bx) >= ar + br + _GAP or abs(ay - by) >= ar + br + _GAP
 
 
+def jittered_center(position: str, size: str, rng: np.random.Generator) -> tuple:
+  """An object's centre (x, y in [0, 1]): its position's cell centre moved by up to _JITTER
+  each way, kept _MARGIN inside the border for an object of that size."""
+  lo, hi = SIZES[size] + _MARGIN, 1 - SIZES[size] - _MARGIN
+  jitter = rng.uniform(-_JITTER, _JITTER, 2)
+  return tuple(float(np.clip(c + j, lo, hi)) for c, j in zip(POSITIONS[position], jitter))
+
+
 def sample_attributes(rng: np.random.Generator, split: str = "train",
                       max_objects: int = MAX_OBJECTS) -> dict:
   """Random scene attributes (no pixel boxes) for a split; see the module docstring."""
@@ -357,12 +365,7 @@ def sample_attributes(rng: np.random.Generator, split: str = "train",
   while True:    # layouts until the boxes are apart (2+ objects at these sizes can touch)
     positions = [names[int(k)] for k in rng.choice(len(names), n, replace=False)]
     sizes = [tuple(SIZES)[int(k)] for k in rng.integers(0, len(SIZES), n)]
-    centers = []
-    for position, size in zip(positions, sizes):
-      lo, hi = SIZES[size] + _MARGIN, 1 - SIZES[size] - _MARGIN
-      jitter = rng.uniform(-_JITTER, _JITTER, 2)
-      centers.append(tuple(float(np.clip(c + j, lo, hi))
-                           for c, j in zip(POSITIONS[position], jitter)))
+    centers = [jittered_center(position, size, rng) for position, size in zip(positions, sizes)]
     circles = [(cx, cy, SIZES[z]) for (cx, cy), z in zip(centers, sizes)]
     if all(_boxes_apart(circles[a], circles[b]) for a in range(n) for b in range(a)):
       break
