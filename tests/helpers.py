@@ -9,6 +9,7 @@ import jax
 
 from configs import base as base_config
 from configs import common
+from muse_jax import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +64,5 @@ def read_losses(workdir) -> dict:
 def param_count(config) -> int:
   """Parameters of every network the config's stage trains (a tokenizer's discriminator
   included), from shapes only (jax.eval_shape: paper presets cost no memory)."""
-  from muse_jax import tasks
   boxed = jax.eval_shape(tasks.get_task(config).init_boxed, jax.random.key(0))
   return sum(x.size for x in jax.tree.leaves(nn.unbox(boxed)))
