@@ -100,8 +100,7 @@ class SuperResTask(masked_tokens.MaskedTokenTask):
     a caption (raw images: centre-cropped and encoded by data.tokenizer at data.resolution)."""
     if n <= 0:
       raise ValueError(f"sample.num_examples must be positive, got {n}")
-    source = (self.preencoded_source(keep_caption=True)
-              if self.online is None and self.config.data.source == "preencoded"
+    source = (self.preencoded_source(keep_caption=True) if self._reads_shards()
               else self.make_source())
     counter = preprocess.SkipCounter(repr(source), give_up_after=len(source))
     transform = (self.online.fixed_transform(counter) if self.online is not None
@@ -151,6 +150,10 @@ class SuperResTask(masked_tokens.MaskedTokenTask):
   def make_transform(self, counter):
     """Pre-encoded records are renamed into pairs; synthetic ones already are; raw images are
     decoded and cropped and their captions tokenized."""
-    if self.online is None and self.config.data.source == "preencoded":
+    if self._reads_shards():
       return PreEncodedPairs(self.model_cfg, counter)
     return super().make_transform(counter)
+
+  def _reads_shards(self) -> bool:
+    """Whether the training records come from muse-encode shards (data.source=preencoded)."""
+    return self.online is None and self.config.data.source == "preencoded"
