@@ -52,13 +52,17 @@ def mesh(data=-1, fsdp=1, tensor=1) -> ml_collections.ConfigDict:
 
 
 def train_common(config: ml_collections.ConfigDict, *, batch_size: int, num_steps: int,
-                 log_every: int, ckpt_every: int, keep: int = 3) -> None:
-  """Fills the loop-level fields every stage shares."""
+                 log_every: int, ckpt_every: int, keep: int = 3, keep_period: int = 0) -> None:
+  """Fills the loop-level fields every stage shares. init_from: a training workdir or muse-ema
+  export of the same model whose params a fresh run starts from (finetuning; "" for none).
+  checkpoint.keep_period: steps divisible by it are kept besides the last `keep` (0: none), for
+  muse-ema's offline average."""
   config.seed = 0
+  config.init_from = ""
   config.train = ml_collections.ConfigDict({
       "batch_size": batch_size, "num_steps": num_steps, "log_every": log_every})
   config.checkpoint = ml_collections.ConfigDict({
-      "every": ckpt_every, "keep": keep, "async_save": True})
+      "every": ckpt_every, "keep": keep, "keep_period": keep_period, "async_save": True})
   config.mesh = mesh()
   config.axis_rules = axes.DEFAULT_RULES
 

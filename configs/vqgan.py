@@ -57,7 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.stage = "vqgan"
   config.size = args.size
-  config.init_from = ""
   config.model = ml_collections.ConfigDict({
       "base_channels": p["base_channels"], "channel_mult": p["channel_mult"],
       "num_res_blocks": p["res_blocks"], "decoder_res_blocks": None,

@@ -17,11 +17,12 @@ from muse_jax.parallel import axes, mesh as mesh_lib
 
 
 def load_tokenizer(path: str):
-  """(VQGANConfig, params) from a muse-convert folder or a tokenizer training workdir."""
+  """(VQGANConfig, params) from a muse-convert folder, a tokenizer training workdir or a muse-ema
+  export of one."""
   if not os.path.exists(path):
     raise UsageError(f"tokenizer {path} does not exist; expected a muse-convert folder "
                      f"(config.json + params.safetensors) or a tokenizer training workdir")
-  if os.path.isfile(os.path.join(path, vq.CONFIG_FILE)):
+  if os.path.isfile(os.path.join(path, vq.CONFIG_FILE)) and not checkpoint.is_export(path):
     cfg, params = vq.load(path)
     return cfg, params.get("params", params)
   try:

@@ -7,7 +7,11 @@ a reader sees the whole surface in one place and a new stage knows what it must 
 
 Must define: batch_spec, init_boxed, init_state, train_step, make_source.
 """
+import jax
+import numpy as np
 import optax
+
+from muse_jax import checkpoint, treepath
 
 
 class Task:
@@ -38,9 +42,21 @@ class Task:
     raise NotImplementedError
 
   def load_init(self, state):
-    """The state a fresh run (no checkpoint yet) starts from: `state` as init_state made it,
-    or with parts read from elsewhere (decoder finetuning's trained encoder)."""
-    return state
+    """The state a fresh run (no checkpoint yet) starts from: `state` as init_state made it, or,
+    with config.init_from (a training workdir, step folder or muse-ema export of the same
+    model), its params (EMA params when saved) in place of the initial ones, the training-time
+    EMA restarted from them; the optimizer starts fresh (finetuning). Decoder finetuning
+    overrides this to take only the encoder and codebook."""
+    path = self.config.get("init_from")
+    if not path:
+      return state
+    params = init_params_from(path, state.params)
+    extra = state.extra
+    if isinstance(extra, dict) and "ema_params" in extra:
+      # Separate host copies: the caller donates the state to the train step, and two leaves
+      # sharing one buffer would be donated twice.
+      extra = dict(extra, ema_params=jax.tree.map(np.array, params))
+    return state.replace(params=params, extra=extra)
 
   # Frozen networks the step reads --------------------------------------------------------------
   def frozen_abstract(self):
@@ -80,3 +96,15 @@ class Task:
     """record -> example (or None to skip it, counted by `counter`), or None for no transform."""
     del counter
     return None
+
+
+def init_params_from(path: str, like):
+  """The params stored at `path` (checkpoint.load_params) as host numpy in `like`'s structure and
+  dtypes; a CheckpointError naming the first entry whose name or shape differs."""
+  loaded = checkpoint.load_params(path)
+  checkpoint.check_same_shapes(like, loaded, f"init_from {path}",
+                               "it was trained with another model config")
+  have = {treepath.show(p): x for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  flat = [np.array(have[treepath.show(p)], dtype=x.dtype)
+          for p, x in jax.tree_util.tree_flatten_with_path(like)[0]]
+  return jax.tree.unflatten(jax.tree.structure(like), flat)

@@ -298,7 +298,8 @@ def run(config, workdir: str, devices=None) -> RunResult:
   setup = Setup(config, devices)
   num_steps = int(config.train.num_steps)
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.checkpoint.every,
-                                       config.checkpoint.keep, config.checkpoint.async_save)
+                                       config.checkpoint.keep, config.checkpoint.async_save,
+                                       config.checkpoint.keep_period)
   try:
     return _train(setup, workdir, checkpointer, num_steps)
   finally:
