@@ -40,13 +40,17 @@ PipelineError = errors.PipelineError   # a user mistake (errors.py): reported wi
 
 @dataclasses.dataclass(frozen=True)
 class PipelinePaths:
-  """Where the parts are. base / superres: training workdirs (or their checkpoints/STEP folders).
-  tokenizer: muse-convert folder or vqgan workdir for the base tokens; tokenizer_hi: the same for
-  the super-res tokens (needed with superres)."""
+  """Where the parts are. base / superres: training workdirs (or their checkpoints/STEP folders,
+  or muse-ema exports). tokenizer: muse-convert folder or vqgan workdir for the base tokens;
+  tokenizer_hi: the same for the super-res tokens (needed with superres). text_encoder: the text
+  encoder's snapshot folder (Hugging Face or muse-convert), in place of the text_encoder.path the
+  base checkpoint records (a T5 run whose config never set it, or a snapshot that moved); it must
+  be the encoder the stages were trained on (kind and width are checked)."""
   base: str
   tokenizer: str
   superres: Optional[str] = None
   tokenizer_hi: Optional[str] = None
+  text_encoder: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +131,7 @@ class Pipeline:
 
     base_config = _stage_config(paths.base, "base", "base")
     self.base_cfg = TransformerConfig(**base_config["model"])
-    self.text_cfg = text_encoder_lib.TextEncoderConfig.from_config(base_config["text_encoder"])
+    self.text_cfg = self._text_config(base_config["text_encoder"])
     self.tokenizer = self._load_tokenizer(paths.tokenizer, "--tokenizer")
     self._check(self.tokenizer.cfg.codebook_size == self.base_cfg.codebook_size,
                 f"tokenizer {paths.tokenizer} has {self.tokenizer.cfg.codebook_size} codes but "
@@ -145,7 +149,8 @@ class Pipeline:
                   f"super-res checkpoint {paths.superres} takes text states of width "
                   f"{c.text_dim} but the base checkpoint's are {b.text_dim}")
       sr_text = dict(sr_config.get("text_encoder") or {})
-      for field in ("kind", "path"):
+      # With paths.text_encoder both stages read that snapshot: only the kinds must agree.
+      for field in ("kind",) if paths.text_encoder else ("kind", "path"):
         self._check(sr_text.get(field, getattr(self.text_cfg, field)) ==
                     getattr(self.text_cfg, field),
                     f"super-res checkpoint {paths.superres} was trained with text_encoder."
@@ -159,17 +164,34 @@ class Pipeline:
     try:
       self.text_encoder = text_encoder_lib.load(self.text_cfg, mesh=self.mesh)
     except (ValueError, OSError, ImportError) as e:
-      raise PipelineError(f"the text encoder of base checkpoint {paths.base} "
-                          f"({self.text_cfg}) cannot be loaded: {e}") from e
+      raise PipelineError(f"the text encoder of base checkpoint {paths.base} (kind "
+                          f"{self.text_cfg.kind!r}, path {self.text_cfg.path or 'bundled'!r}) "
+                          f"cannot be loaded: {e}") from e
     self._check(self.text_encoder.width == self.base_cfg.text_dim,
-                f"text encoder {self.text_cfg.kind!r} makes states of width "
-                f"{self.text_encoder.width} but base checkpoint {paths.base} has "
-                f"model.text_dim={self.base_cfg.text_dim}")
+                f"text encoder {self.text_cfg.kind!r} at {self.text_cfg.path or 'bundled'!r} "
+                f"makes states of width {self.text_encoder.width} but base checkpoint "
+                f"{paths.base} was trained on width model.text_dim={self.base_cfg.text_dim}: "
+                f"not the encoder it was trained with")
 
     put = lambda tree: jax.device_put(jax.tree.map(np.asarray, tree), self.replicated)
     self.base_params = put(checkpoint.load_params(paths.base))
     self.sr_params = put(checkpoint.load_params(paths.superres)) if paths.superres else None
     self._samplers = {}
+
+  def _text_config(self, recorded) -> text_encoder_lib.TextEncoderConfig:
+    """The base checkpoint's text_encoder section, its path replaced by paths.text_encoder."""
+    fields = dict(recorded)
+    if self.paths.text_encoder:
+      fields["path"] = self.paths.text_encoder
+    if fields.get("kind") == "t5" and not fields.get("path"):
+      raise PipelineError(
+          f"base checkpoint {self.paths.base} was trained on T5 text states but records no "
+          f"text_encoder.path; pass the T5 snapshot it was trained with (--text-encoder-path, "
+          f"PipelinePaths.text_encoder)")
+    try:
+      return text_encoder_lib.TextEncoderConfig.from_config(fields)
+    except ValueError as e:
+      raise PipelineError(f"base checkpoint {self.paths.base}: {e}") from e
 
   @staticmethod
   def _check(ok: bool, message: str):

@@ -21,6 +21,7 @@ from muse_jax.convert import hf_text, vq  # noqa: E402
 from muse_jax.data.text import CaptionTokenizer  # noqa: E402
 from muse_jax.models import t5, text_encoder  # noqa: E402
 from muse_jax.parallel import axes  # noqa: E402
+from tests import helpers  # noqa: E402
 
 CAPTIONS = [
     "a red cube left of a blue ball",
@@ -30,8 +31,6 @@ CAPTIONS = [
     "  spaced   out\ttab\nnewline  ",
     "UPPER case Dogs! ｆｕｌｌｗｉｄｔｈ ①",
 ]
-WORDS = ("a red cube left of the blue ball sits on green grass under bright sky with two small dogs "
-         "running fast near an old house café naïve über").split()
 
 
 def _rel_err(ours, ref, mask):
@@ -43,43 +42,9 @@ def _rel_err(ours, ref, mask):
 @pytest.fixture(scope="module")
 def spiece_dir(tmp_path_factory):
   """A folder with a T5-style sentencepiece model (pad 0, eos 1, unk 2, no bos) trained here."""
-  import sentencepiece
   d = tmp_path_factory.mktemp("spiece")
-  rs = np.random.RandomState(0)
-  letters = list("abcdefghijklmnopqrstuvwxyzéü")
-  with open(d / "corpus.txt", "w") as f:
-    for _ in range(2000):
-      junk = ["".join(rs.choice(letters, rs.randint(2, 7))) for _ in range(4)]
-      f.write(" ".join(list(rs.choice(WORDS, 5)) + junk) + "\n")
-  sentencepiece.SentencePieceTrainer.train(
-      input=str(d / "corpus.txt"), model_prefix=str(d / "spiece"), vocab_size=120,
-      model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-      minloglevel=2)
-  os.remove(d / "corpus.txt")
-  os.remove(d / "spiece.vocab")
+  helpers.write_spiece(d)
   return d
-
-
-def _t5_config(ff):
-  # vocab 220 = 120 pieces + T5's 100 <extra_id_*> tokens.
-  return transformers.T5Config(vocab_size=220, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                               num_decoder_layers=1, num_heads=4, feed_forward_proj=ff,
-                               relative_attention_num_buckets=8,
-                               relative_attention_max_distance=16)
-
-
-def _t5_snapshot(path, spiece_dir, ff="gated-gelu", layout="single", seed=0, dtype=None):
-  """Writes a random T5 snapshot with transformers; returns the torch model (float32, eval)."""
-  torch.manual_seed(seed)
-  cls = (transformers.T5ForConditionalGeneration if layout == "conditional"
-         else transformers.T5EncoderModel)
-  model = cls(_t5_config(ff)).eval()
-  saved = model.to(dtype) if dtype is not None else model
-  kw = {"max_shard_size": "40KB"} if layout == "sharded" else {}
-  saved.save_pretrained(str(path), **kw)
-  with open(spiece_dir / "spiece.model", "rb") as src, open(path / "spiece.model", "wb") as dst:
-    dst.write(src.read())
-  return model.float()
 
 
 def _reference(model, ids_BxT, mask_BxT):
@@ -106,7 +71,7 @@ def _random_batch(vocab, b=3, t=12, seed=0):
 @pytest.mark.parametrize("layout", ["single", "sharded", "conditional"])
 @pytest.mark.parametrize("ff", ["gated-gelu", "relu"])
 def test_t5_matches_transformers(tmp_path, spiece_dir, ff, layout):
-  model = _t5_snapshot(tmp_path, spiece_dir, ff, layout)
+  model = helpers.write_t5_snapshot(tmp_path, spiece_dir, ff, layout)
   files = os.listdir(tmp_path)
   if layout == "sharded":
     assert "model.safetensors.index.json" in files
@@ -129,7 +94,7 @@ def test_t5_matches_transformers(tmp_path, spiece_dir, ff, layout):
 
 def test_t5_bfloat16_checkpoint_and_compute(tmp_path, spiece_dir):
   """A bf16-saved snapshot loads (weights upcast exactly); bf16 compute stays close to float32."""
-  model = _t5_snapshot(tmp_path, spiece_dir, dtype=torch.bfloat16)
+  model = helpers.write_t5_snapshot(tmp_path, spiece_dir, dtype=torch.bfloat16)
   assert hf_text.Snapshot(str(tmp_path)).shape("shared.weight") == (220, 32)
   ids, mask = _random_batch(220)
   ref = _reference(model, ids, mask)          # model holds the bf16-rounded weights in float32
@@ -142,7 +107,7 @@ def test_t5_bfloat16_checkpoint_and_compute(tmp_path, spiece_dir):
 
 
 def test_t5_sharded_over_mesh_matches_single_device(tmp_path, spiece_dir):
-  _t5_snapshot(tmp_path, spiece_dir)
+  helpers.write_t5_snapshot(tmp_path, spiece_dir)
   cfg = text_encoder.TextEncoderConfig(kind="t5", path=str(tmp_path), max_length=12)
   mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(1, 4, 2), axes.MESH_AXES)
   sharded = text_encoder.load(cfg, mesh=mesh)
@@ -246,7 +211,7 @@ def test_t5_xxl_shapes_and_logical_axes():
 
 def test_pickle_only_snapshot_is_refused(tmp_path, spiece_dir):
   torch.manual_seed(0)
-  model = transformers.T5EncoderModel(_t5_config("relu"))
+  model = transformers.T5EncoderModel(helpers.t5_config("relu"))
   model.config.to_json_file(str(tmp_path / "config.json"))
   torch.save(model.state_dict(), str(tmp_path / "pytorch_model.bin"))
   cfg = text_encoder.TextEncoderConfig(kind="t5", path=str(tmp_path))
@@ -255,7 +220,7 @@ def test_pickle_only_snapshot_is_refused(tmp_path, spiece_dir):
 
 
 def test_misshaped_and_unexpected_keys_are_named(tmp_path, spiece_dir):
-  _t5_snapshot(tmp_path, spiece_dir)
+  helpers.write_t5_snapshot(tmp_path, spiece_dir)
   tensors = st_numpy.load_file(str(tmp_path / "model.safetensors"))
   key = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
   assert tensors[key].shape == (32, 64)
@@ -287,7 +252,7 @@ def test_config_errors(tmp_path):
     text_encoder.load(text_encoder.TextEncoderConfig(kind="t5", path=str(tmp_path / "nope")))
   with pytest.raises(ValueError, match="exceeds the BERT position table"):
     text_encoder.load(text_encoder.TextEncoderConfig(kind="bert", max_length=1000))
-  enc_cfg = dict(_t5_config("gated-gelu").to_dict(), model_type="umt5")
+  enc_cfg = dict(helpers.t5_config("gated-gelu").to_dict(), model_type="umt5")
   with pytest.raises(ValueError, match="umT5"):
     t5.T5Config.from_hf(enc_cfg)
 
@@ -300,7 +265,7 @@ def test_muse_convert_round_trip(tmp_path, spiece_dir, kind, capsys):
   if kind == "t5":
     src = tmp_path / "snapshot"
     src.mkdir()
-    _t5_snapshot(src, spiece_dir, "relu", "conditional")
+    helpers.write_t5_snapshot(src, spiece_dir, "relu", "conditional")
   else:
     src = text_encoder.bundled_minilm_path()
   out = tmp_path / "converted"

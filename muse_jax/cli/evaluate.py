@@ -271,12 +271,20 @@ def read_prompt_sets(files) -> dict:
   return sets
 
 
-def pipeline_sampler(base: str, tokenizer: str, superres=None, tokenizer_hi=None):
-  """sample(prompts, seed, guidance, temperature) over muse_jax.pipeline.Pipeline (one image
-  per prompt; guidance and temperature set for the base and the super-res decode)."""
+def pipeline_paths(args):
+  """muse-eval's generator flags -> pipeline.PipelinePaths."""
   from muse_jax import pipeline
-  pipe = pipeline.Pipeline(pipeline.PipelinePaths(
-      base=base, tokenizer=tokenizer, superres=superres, tokenizer_hi=tokenizer_hi))
+  return pipeline.PipelinePaths(base=args.checkpoint, tokenizer=args.tokenizer,
+                                superres=args.superres, tokenizer_hi=args.tokenizer_hi,
+                                text_encoder=args.text_encoder_path)
+
+
+def pipeline_sampler(pipe_paths):
+  """sample(prompts, seed, guidance, temperature) over a muse_jax.pipeline.Pipeline of
+  `pipe_paths` (one image per prompt; guidance and temperature set for the base and the super-res
+  decode)."""
+  from muse_jax import pipeline
+  pipe = pipeline.Pipeline(pipe_paths)
   default = pipeline.SampleConfig()
 
   def sample(prompts, seed, guidance, temperature):
@@ -290,15 +298,13 @@ def pipeline_sampler(base: str, tokenizer: str, superres=None, tokenizer_hi=None
   return sample
 
 
-def evaluate_links(base: str, tokenizer: str, superres=None, tokenizer_hi=None, *,
-                   num_images: int, seed: int, guidance=None, temperature=None,
+def evaluate_links(pipe_paths, *, num_images: int, seed: int, guidance=None, temperature=None,
                    rates=None, teacher_guidance: float = 0.0):
-  """muse_jax.metrics.links over a pipeline built from the paths -> LinksResult. guidance /
+  """muse_jax.metrics.links over a pipeline of `pipe_paths` (PipelinePaths) -> LinksResult. guidance /
   temperature: one value for both stages (None: muse-sample's defaults)."""
   from muse_jax import pipeline
   from muse_jax.metrics import links
-  pipe = pipeline.Pipeline(pipeline.PipelinePaths(
-      base=base, tokenizer=tokenizer, superres=superres, tokenizer_hi=tokenizer_hi))
+  pipe = pipeline.Pipeline(pipe_paths)
   default, stages = links.LinksConfig(), {}
   for stage in ("base", "superres"):
     dc = getattr(default, stage)
@@ -500,6 +506,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--tokenizer", help="generator: its tokenizer")
   p.add_argument("--superres", help="generator: super-res workdir")
   p.add_argument("--tokenizer-hi", help="generator: the super-res tokenizer")
+  p.add_argument("--text-encoder-path",
+                 help="generator: the text encoder's snapshot folder, in place of the path the "
+                 "checkpoint records (a T5 run that did not set text_encoder.path)")
   p.add_argument("--guidance", type=float, nargs="+",
                  help="generator: the sweep (default 0 2 4); --links: one value (default 4)")
   p.add_argument("--temperature", type=float, nargs="+",
@@ -537,8 +546,7 @@ def _run_links(args) -> None:
   if args.teacher_guidance < 0:
     raise UsageError(f"--teacher-guidance must be >= 0, got {args.teacher_guidance}")
   result = evaluate_links(
-      args.checkpoint, args.tokenizer, args.superres, args.tokenizer_hi,
-      num_images=args.num_images, seed=args.seed,
+      pipeline_paths(args), num_images=args.num_images, seed=args.seed,
       guidance=_single(args.guidance, "--guidance"),
       temperature=_single(args.temperature, "--temperature"), rates=args.rates,
       teacher_guidance=args.teacher_guidance)
@@ -547,7 +555,8 @@ def _run_links(args) -> None:
 
 def main(argv=None) -> int:
   args = paths.resolve_args(parser().parse_args(argv), (
-      "checkpoint", "out", "tokenizer", "superres", "tokenizer_hi", "fid_weights"))
+      "checkpoint", "out", "tokenizer", "superres", "tokenizer_hi", "text_encoder_path",
+      "fid_weights"))
   if args.data != "scenes":
     args.data = paths.resolve(args.data)
   if args.prompts_file:
@@ -585,8 +594,7 @@ def main(argv=None) -> int:
       if args.fid_weights:
         from muse_jax.metrics import fid
         scorer = fid.FIDScorer(args.fid_weights, args.batch_size)
-      sample = pipeline_sampler(args.checkpoint, args.tokenizer, args.superres,
-                                args.tokenizer_hi)
+      sample = pipeline_sampler(pipeline_paths(args))
       prompt_sets = read_prompt_sets(args.prompts_file) if args.prompts_file else None
       report = evaluate_generator(sample, args.num_images, args.guidance or [0.0, 2.0, 4.0],
                                   args.temperature or [1.0], args.seed, scorer,

@@ -6,9 +6,11 @@ r"""muse-sample: prompts -> PNG images with the base model (and super-res, when 
       [--negative-prompt "yellow"] --num-images 4 --guidance 4 --seed 0 --out /tmp/samples
   muse-sample --checkpoint runs/base --tokenizer runs/vq --prompts-file prompts.jsonl --out out
 
---checkpoint / --superres: training workdirs (their latest checkpoint; EMA params when saved).
---tokenizer / --tokenizer-hi: muse-convert folders or tokenizer training workdirs. Relative paths
-are taken from the current directory. Writes OUT/ID_KK.png (prompt ID, image KK), OUT/grid.png
+--checkpoint / --superres: training workdirs (their latest checkpoint; EMA params when saved) or
+muse-ema exports. --tokenizer / --tokenizer-hi: muse-convert folders or tokenizer training
+workdirs. --text-encoder-path: the text encoder's snapshot, when the checkpoint's recorded
+text_encoder.path is empty (a T5 run that never set it) or moved. Relative paths are taken from
+the current directory. Writes OUT/ID_KK.png (prompt ID, image KK), OUT/grid.png
 (one row per prompt) and OUT/settings.json (every setting used, the absolute paths, the prompt
 ids and the output files). Classifier-free guidance rises linearly from 0 to --guidance over the
 steps (Muse); --guidance 0 turns it off.
@@ -44,6 +46,10 @@ def add_model_args(p: argparse.ArgumentParser):
   p.add_argument("--tokenizer", required=True, help="tokenizer of the base tokens")
   p.add_argument("--superres", help="super-res workdir (stage 'superres')")
   p.add_argument("--tokenizer-hi", help="tokenizer of the super-res tokens (with --superres)")
+  p.add_argument("--text-encoder-path",
+                 help="the text encoder's snapshot folder (Hugging Face or muse-convert), in "
+                 "place of the path the checkpoint records; needed for a T5 run whose config "
+                 "did not set text_encoder.path")
 
 
 # Path flags of muse-sample and muse-edit, resolved once in main(); the model paths with what
@@ -51,7 +57,8 @@ def add_model_args(p: argparse.ArgumentParser):
 MODEL_PATHS = {"checkpoint": "a training workdir of stage 'base'",
                "tokenizer": "a muse-convert folder or a tokenizer training workdir",
                "superres": "a training workdir of stage 'superres'",
-               "tokenizer_hi": "a muse-convert folder or a tokenizer training workdir"}
+               "tokenizer_hi": "a muse-convert folder or a tokenizer training workdir",
+               "text_encoder_path": "a Hugging Face snapshot or muse-convert text encoder folder"}
 PATH_ARGS = (*MODEL_PATHS, "out", "prompts_file", "image", "mask")
 
 
@@ -157,13 +164,18 @@ def check_model_paths(args):
       raise UsageError(f"--{name.replace('_', '-')} {path} does not exist; expected {expected}")
 
 
-def build_pipeline(args) -> Pipeline:
+def pipeline_paths(args) -> PipelinePaths:
+  """The model flags (add_model_args) -> PipelinePaths, after checking they exist and pair up."""
   check_model_paths(args)
   if bool(args.superres) != bool(args.tokenizer_hi):
     raise UsageError("--superres and --tokenizer-hi go together: the super-res model's tokens "
                      "need the high-res tokenizer to become pixels")
-  return Pipeline(PipelinePaths(base=args.checkpoint, tokenizer=args.tokenizer,
-                                superres=args.superres, tokenizer_hi=args.tokenizer_hi))
+  return PipelinePaths(base=args.checkpoint, tokenizer=args.tokenizer, superres=args.superres,
+                       tokenizer_hi=args.tokenizer_hi, text_encoder=args.text_encoder_path)
+
+
+def build_pipeline(args) -> Pipeline:
+  return Pipeline(pipeline_paths(args))
 
 
 def sample_config(args) -> SampleConfig:
