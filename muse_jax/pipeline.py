@@ -8,8 +8,12 @@
 Every checkpoint and tokenizer is checked against the others when the pipeline is built (stage
 names, text width, codebooks, token grids), so a mismatched set fails at once with a message
 naming both sides. Sampling is one jitted function (base decode, super-res decode and the VQ
-decoder inside it) over a mesh of all devices with the batch split over them; params are
-replicated (explicit jit arguments, never closed over) and the images are gathered to the host
+decoder inside it) over a (data, fsdp, tensor) mesh of all devices, `mesh` as in a training
+config (default: all data-parallel): the base and super-res params are placed by their logical
+axes under the training rules (parallel/axes.py: embeddings over fsdp, heads and MLP over
+tensor), as is the text encoder, so a model too big for one chip samples over several; the
+tokenizers' params are replicated. Every param is an explicit jit argument, never closed over.
+The batch is split over the data and fsdp axes and the images are gathered to the host
 (`process_allgather` with several processes; each process passes the same prompts).
 
 Editing (muse_jax/editing.py) calls the same jitted function with partly known initial tokens.
@@ -117,13 +121,19 @@ def superres_logits_fn(model: SuperResTransformer, params, tokens_lo_BxN, txt_Bx
 class Pipeline:
   """Loaded, checked parts and the jitted samplers. Build with `Pipeline(PipelinePaths(...))`."""
 
-  def __init__(self, paths: PipelinePaths, devices=None):
+  def __init__(self, paths: PipelinePaths, devices=None, mesh: Optional[dict] = None):
+    """mesh: {"data": ., "fsdp": ., "tensor": .} sizes (one may be -1: the rest of the devices);
+    None: all data-parallel (every device holds every param)."""
     if (paths.superres is None) != (paths.tokenizer_hi is None):
       raise PipelineError("super-resolution needs both a super-res checkpoint and the high-res "
                           "tokenizer (--superres with --tokenizer-hi); got only one")
     self.paths = paths
     devices = jax.devices() if devices is None else list(devices)
-    self.mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
+    mesh = {"data": -1, "fsdp": 1, "tensor": 1} if mesh is None else mesh
+    try:
+      self.mesh = mesh_lib.make_mesh({**{a: 1 for a in axes.MESH_AXES}, **mesh}, devices)
+    except (ValueError, KeyError) as e:
+      raise PipelineError(f"mesh {mesh}: {e}") from e
     self.rules = axes.DEFAULT_RULES
     self.num_shards = mesh_lib.batch_axis_size(self.mesh, self.rules)
     self.replicated = NamedSharding(self.mesh, P())
@@ -173,10 +183,44 @@ class Pipeline:
                 f"{paths.base} was trained on width model.text_dim={self.base_cfg.text_dim}: "
                 f"not the encoder it was trained with")
 
-    put = lambda tree: jax.device_put(jax.tree.map(np.asarray, tree), self.replicated)
-    self.base_params = put(checkpoint.load_params(paths.base))
-    self.sr_params = put(checkpoint.load_params(paths.superres)) if paths.superres else None
+    t = self.text_cfg.max_length
+    self.base_shardings, self.base_params = self._place_params(
+        paths.base, MaskedTransformer(self.base_cfg),
+        self._abstract_ids(self.base_cfg.seq_len), *self._abstract_text(t))
+    self.sr_shardings = self.sr_params = None
+    if self.has_superres:
+      self.sr_shardings, self.sr_params = self._place_params(
+          paths.superres, SuperResTransformer(self.sr_cfg),
+          self._abstract_ids(self.sr_cfg.hi_seq_len), self._abstract_ids(self.sr_cfg.lo_seq_len),
+          *self._abstract_text(t))
     self._samplers = {}
+
+  @staticmethod
+  def _abstract_ids(n):
+    return jax.ShapeDtypeStruct((1, n), jnp.int32)
+
+  def _abstract_text(self, t):
+    return (jax.ShapeDtypeStruct((1, t, self.base_cfg.text_dim), jnp.float32),
+            jax.ShapeDtypeStruct((1, t), jnp.bool_))
+
+  def _place_params(self, path: str, model: nn.Module, *example_args):
+    """(shardings, params) of the checkpoint at `path`: its params checked against the model its
+    config describes, and placed by their logical axes over the mesh, one leaf at a time (each
+    process supplies the slices its devices hold)."""
+    boxed = jax.eval_shape(model.init, jax.random.key(0), *example_args)["params"]
+    shardings = mesh_lib.tree_shardings(self.mesh, self.rules, boxed)
+    host = checkpoint.load_params(path)
+    try:
+      checkpoint.check_same_shapes(nn.unbox(boxed), host, f"checkpoint {path}",
+                                   "its params do not match the model its own config describes")
+    except checkpoint.CheckpointError as e:
+      raise PipelineError(str(e)) from e
+
+    def place(x, sharding):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return shardings, jax.tree.map(place, host, shardings)
 
   def _text_config(self, recorded) -> text_encoder_lib.TextEncoderConfig:
     """The base checkpoint's text_encoder section, its path replaced by paths.text_encoder."""
@@ -274,11 +318,13 @@ class Pipeline:
 
   def shard_jit(self, fn):
     """jax.jit of fn(base_params, sr_params, vq_params, rng, txt, txt_mask, neg_txt, neg_mask,
-    tokens_lo, tokens_hi) -> (images, tokens_lo, tokens_hi): params and rng replicated, every
-    batch argument and output split over the devices."""
+    tokens_lo, tokens_hi) -> (images, tokens_lo, tokens_hi): the generators' params by their
+    logical axes, the tokenizer's params and rng replicated, every batch argument and output
+    split over the batch axes."""
     rep, bat = self.replicated, self.batch_sharding
-    return jax.jit(fn, in_shardings=(rep, rep, rep, rep, bat, bat, bat, bat, bat, bat),
-                   out_shardings=(bat, bat, bat))
+    sr = self.sr_shardings if self.has_superres else rep
+    return jax.jit(fn, in_shardings=(self.base_shardings, sr, rep, rep, bat, bat, bat, bat, bat,
+                                     bat), out_shardings=(bat, bat, bat))
 
   def _sampler(self, base_dc: decoding.DecodeConfig, sr_dc: Optional[decoding.DecodeConfig],
                negative: bool):

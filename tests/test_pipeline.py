@@ -115,6 +115,35 @@ def test_two_stages_give_high_resolution_images(pipe_sr):
   assert 0 <= out.tokens_hi_BxM.min() and out.tokens_hi_BxM.max() < 32
 
 
+def _split_leaves(params, axis: str) -> int:
+  """How many leaves are split (not copied) over mesh axis `axis`."""
+  return sum(axis in str(x.sharding.spec) and x.addressable_shards[0].data.shape != x.shape
+             for x in jax.tree.leaves(params))
+
+
+def test_params_sharded_over_fsdp_and_tensor_sample_the_same(paths, pipe_sr):
+  """The cascade with its generators' params split over 4 fsdp devices (a model no chip holds
+  alone) draws what the all-replicated pipeline draws: the same batch split (data x fsdp = 8),
+  seed and tokens; only the matmuls are partitioned."""
+  parts = PipelinePaths(base=paths["base"], tokenizer=paths["tok"], superres=paths["sr"],
+                        tokenizer_hi=paths["tok"])
+  sharded = Pipeline(parts, mesh={"data": 2, "fsdp": 4})
+  assert _split_leaves(sharded.base_params, "fsdp") >= 4
+  assert _split_leaves(sharded.sr_params, "fsdp") >= 4
+  assert _split_leaves(pipe_sr.base_params, "fsdp") == 0
+  prompts = ["a red circle", "a blue square"]
+  want, got = pipe_sr.generate(prompts, FAST), sharded.generate(prompts, FAST)
+  np.testing.assert_array_equal(got.tokens_lo_BxN, want.tokens_lo_BxN)
+  np.testing.assert_array_equal(got.tokens_hi_BxM, want.tokens_hi_BxM)
+  np.testing.assert_allclose(got.images_BxHxWx3, want.images_BxHxWx3, atol=1e-5)
+  tensor = Pipeline(parts, mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  assert _split_leaves(tensor.base_params, "tensor") >= 2
+  out = tensor.generate(prompts, FAST)
+  assert out.images_BxHxWx3.shape == (4, 32, 32, 3)
+  with pytest.raises(PipelineError, match="mesh .* 8 devices do not divide"):
+    Pipeline(parts, mesh={"data": -1, "fsdp": 3})
+
+
 def test_incompatible_parts_are_refused(paths, tmp_path):
   other = _tokenizer(tmp_path / "tok48", VQGANConfig(**{**TOK.__dict__, "codebook_size": 48}))
   with pytest.raises(PipelineError, match="has 48 codes but base checkpoint .* trained on 32"):
@@ -267,6 +296,8 @@ def test_cli_errors_exit_1_naming_the_problem(paths, tmp_path, capsys):
   err(sample_cli.main, ["--checkpoint", paths["sr"], "--tokenizer", paths["tok"],
                         "--prompt", "x", "--out", out],
       "stage 'superres'; expected a 'base' checkpoint")
+  err(sample_cli.main, _model_flags(paths) + ["--prompt", "x", "--mesh", "pipe=2", "--out", out],
+      "--mesh: mesh 'pipe=2': expected AXIS=SIZE")
   err(sample_cli.main, _model_flags(paths) + ["--superres", paths["base"], "--tokenizer-hi",
                                               paths["tok"], "--prompt", "x", "--out", out],
       "stage 'base'; expected a 'superres' checkpoint")

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from muse_jax import paths
+from muse_jax.cli import sample as sample_cli
 from muse_jax.errors import UsageError
 from muse_jax.data import scenes
 from muse_jax.metrics import alignment
@@ -271,20 +272,12 @@ def read_prompt_sets(files) -> dict:
   return sets
 
 
-def pipeline_paths(args):
-  """muse-eval's generator flags -> pipeline.PipelinePaths."""
-  from muse_jax import pipeline
-  return pipeline.PipelinePaths(base=args.checkpoint, tokenizer=args.tokenizer,
-                                superres=args.superres, tokenizer_hi=args.tokenizer_hi,
-                                text_encoder=args.text_encoder_path)
-
-
-def pipeline_sampler(pipe_paths):
+def pipeline_sampler(pipe_paths, mesh=None):
   """sample(prompts, seed, guidance, temperature) over a muse_jax.pipeline.Pipeline of
   `pipe_paths` (one image per prompt; guidance and temperature set for the base and the super-res
   decode)."""
   from muse_jax import pipeline
-  pipe = pipeline.Pipeline(pipe_paths)
+  pipe = pipeline.Pipeline(pipe_paths, mesh=mesh)
   default = pipeline.SampleConfig()
 
   def sample(prompts, seed, guidance, temperature):
@@ -298,13 +291,13 @@ def pipeline_sampler(pipe_paths):
   return sample
 
 
-def evaluate_links(pipe_paths, *, num_images: int, seed: int, guidance=None, temperature=None,
-                   rates=None, teacher_guidance: float = 0.0):
+def evaluate_links(pipe_paths, mesh=None, *, num_images: int, seed: int, guidance=None,
+                   temperature=None, rates=None, teacher_guidance: float = 0.0):
   """muse_jax.metrics.links over a pipeline of `pipe_paths` (PipelinePaths) -> LinksResult. guidance /
   temperature: one value for both stages (None: muse-sample's defaults)."""
   from muse_jax import pipeline
   from muse_jax.metrics import links
-  pipe = pipeline.Pipeline(pipe_paths)
+  pipe = pipeline.Pipeline(pipe_paths, mesh=mesh)
   default, stages = links.LinksConfig(), {}
   for stage in ("base", "superres"):
     dc = getattr(default, stage)
@@ -509,6 +502,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--text-encoder-path",
                  help="generator: the text encoder's snapshot folder, in place of the path the "
                  "checkpoint records (a T5 run that did not set text_encoder.path)")
+  p.add_argument("--mesh", default="data=-1",
+                 help="generator: devices as AXIS=SIZE over data, fsdp, tensor (e.g. 'fsdp=-1' "
+                 "shards the generators' params; default all data-parallel)")
   p.add_argument("--guidance", type=float, nargs="+",
                  help="generator: the sweep (default 0 2 4); --links: one value (default 4)")
   p.add_argument("--temperature", type=float, nargs="+",
@@ -546,7 +542,8 @@ def _run_links(args) -> None:
   if args.teacher_guidance < 0:
     raise UsageError(f"--teacher-guidance must be >= 0, got {args.teacher_guidance}")
   result = evaluate_links(
-      pipeline_paths(args), num_images=args.num_images, seed=args.seed,
+      sample_cli.pipeline_paths(args), sample_cli.mesh_of(args), num_images=args.num_images,
+      seed=args.seed,
       guidance=_single(args.guidance, "--guidance"),
       temperature=_single(args.temperature, "--temperature"), rates=args.rates,
       teacher_guidance=args.teacher_guidance)
@@ -594,7 +591,7 @@ def main(argv=None) -> int:
       if args.fid_weights:
         from muse_jax.metrics import fid
         scorer = fid.FIDScorer(args.fid_weights, args.batch_size)
-      sample = pipeline_sampler(pipeline_paths(args))
+      sample = pipeline_sampler(sample_cli.pipeline_paths(args), sample_cli.mesh_of(args))
       prompt_sets = read_prompt_sets(args.prompts_file) if args.prompts_file else None
       report = evaluate_generator(sample, args.num_images, args.guidance or [0.0, 2.0, 4.0],
                                   args.temperature or [1.0], args.seed, scorer,

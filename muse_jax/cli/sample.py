@@ -32,6 +32,7 @@ import numpy as np
 import PIL.Image
 
 from muse_jax import decoding, paths
+from muse_jax.parallel import mesh as mesh_lib
 from muse_jax.errors import UsageError
 from muse_jax.pipeline import Pipeline, PipelinePaths, SampleConfig, image_grid
 
@@ -50,6 +51,10 @@ def add_model_args(p: argparse.ArgumentParser):
                  help="the text encoder's snapshot folder (Hugging Face or muse-convert), in "
                  "place of the path the checkpoint records; needed for a T5 run whose config "
                  "did not set text_encoder.path")
+  p.add_argument("--mesh", default="data=-1",
+                 help="devices as AXIS=SIZE over data, fsdp, tensor (one size -1: the rest), "
+                 "e.g. 'fsdp=-1' to shard the generators' params over every device like "
+                 "training does (default: all data-parallel, every device holds every param)")
 
 
 # Path flags of muse-sample and muse-edit, resolved once in main(); the model paths with what
@@ -174,8 +179,15 @@ def pipeline_paths(args) -> PipelinePaths:
                        tokenizer_hi=args.tokenizer_hi, text_encoder=args.text_encoder_path)
 
 
+def mesh_of(args) -> dict:
+  try:
+    return mesh_lib.parse_mesh_flag(args.mesh)
+  except ValueError as e:
+    raise UsageError(f"--mesh: {e}") from e
+
+
 def build_pipeline(args) -> Pipeline:
-  return Pipeline(pipeline_paths(args))
+  return Pipeline(pipeline_paths(args), mesh=mesh_of(args))
 
 
 def sample_config(args) -> SampleConfig:

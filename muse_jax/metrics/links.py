@@ -153,9 +153,9 @@ def _teacher_jit(pipe: pipeline.Pipeline, guidance: float):
     pred_BxN = jnp.argmax(logits_BxNxV, axis=-1).astype(jnp.int32)
     return jnp.where(tokens_BxN == mask_id, pred_BxN, tokens_BxN)
 
-  rep, bat = pipe.replicated, pipe.batch_sharding
+  bat = pipe.batch_sharding
   return pipe.jitted(("links_teacher", guidance), lambda: jax.jit(
-      fn, in_shardings=(rep, bat, bat, bat), out_shardings=bat))
+      fn, in_shardings=(pipe.base_shardings, bat, bat, bat), out_shardings=bat))
 
 
 def teacher_forced(pipe: pipeline.Pipeline, text: dict, tokens_BxN, masked_BxN,

@@ -29,6 +29,23 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
+def parse_mesh_flag(text: str) -> dict:
+  """A command-line mesh, e.g. "fsdp=-1" or "data=2,fsdp=4,tensor=1" -> {data, fsdp, tensor}
+  (axes not named are 1)."""
+  sizes = {a: 1 for a in axes.MESH_AXES}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or name.strip() not in sizes:
+      raise ValueError(f"mesh {text!r}: expected AXIS=SIZE items separated by commas, AXIS one "
+                       f"of {axes.MESH_AXES} (e.g. 'fsdp=-1' or 'data=2,fsdp=4'), got {item!r}")
+    try:
+      sizes[name.strip()] = int(value)
+    except ValueError:
+      raise ValueError(f"mesh {text!r}: size of {name.strip()!r} must be an integer, got "
+                       f"{value!r}") from None
+  return sizes
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
   """Builds the mesh. Devices are taken in process-major order, so each host's devices form a
   contiguous block of the batch axes and its local batch is a contiguous slice of the global one."""
