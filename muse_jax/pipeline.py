@@ -36,6 +36,7 @@ from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.models import text_encoder as text_encoder_lib
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
+from muse_jax.models.vqgan import VQGAN, VQGANConfig
 from muse_jax.parallel import axes, mesh as mesh_lib
 
 
@@ -118,6 +119,70 @@ def superres_logits_fn(model: SuperResTransformer, params, tokens_lo_BxN, txt_Bx
                                    guidance=guidance)
 
 
+@dataclasses.dataclass(frozen=True)
+class Cascade:
+  """The sampling program from configs alone, no weights: what Pipeline runs on loaded params
+  and what muse-fit compiles for a TPU topology. vq_cfg: the output tokenizer (the high-res one
+  with super-res); text_length: tokens per prompt of the text states."""
+  base_cfg: TransformerConfig
+  sr_cfg: Optional[SuperResConfig]
+  vq_cfg: VQGANConfig
+  text_length: int
+
+  @property
+  def output_grid(self) -> int:
+    return self.sr_cfg.hi_grid_size if self.sr_cfg is not None else self.base_cfg.grid_size
+
+  def abstract_boxed(self):
+    """(base, super-res or None) boxed abstract params: shapes and logical axes."""
+    ids = lambda n: jax.ShapeDtypeStruct((1, n), jnp.int32)
+    text = (jax.ShapeDtypeStruct((1, self.text_length, self.base_cfg.text_dim), jnp.float32),
+            jax.ShapeDtypeStruct((1, self.text_length), jnp.bool_))
+    init = lambda model, *args: jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+    base = init(MaskedTransformer(self.base_cfg), ids(self.base_cfg.seq_len), *text)
+    sr = None
+    if self.sr_cfg is not None:
+      sr = init(SuperResTransformer(self.sr_cfg), ids(self.sr_cfg.hi_seq_len),
+                ids(self.sr_cfg.lo_seq_len), *text)
+    return base, sr
+
+  def param_shardings(self, mesh, rules):
+    """(base, super-res or None) params' shardings by their logical axes under `rules`."""
+    return tuple(None if boxed is None else mesh_lib.tree_shardings(mesh, rules, boxed)
+                 for boxed in self.abstract_boxed())
+
+  def decode_images(self, vq_params, tokens_BxK):
+    """Traceable: output-tokenizer ids (flat grid) -> images in [0, 1], float32."""
+    model, (lo, hi), g = VQGAN(self.vq_cfg), self.vq_cfg.pixel_range, self.output_grid
+    img = model.apply({"params": vq_params}, tokens_BxK.reshape(-1, g, g), method=model.decode)
+    return jnp.clip((img.astype(jnp.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+  def sample_fn(self, base_dc: decoding.DecodeConfig, sr_dc: Optional[decoding.DecodeConfig],
+                negative: bool):
+    """Traceable sample(base_params, sr_params, vq_params, rng, txt, txt_mask, neg_txt,
+    neg_mask, init_lo_BxN, init_hi_BxM) -> (images, tokens_lo, tokens_hi): base decode,
+    super-res decode, VQ decode (Pipeline.shard_jit's signature)."""
+    base_model = MaskedTransformer(self.base_cfg)
+    sr_model = SuperResTransformer(self.sr_cfg) if self.sr_cfg is not None else None
+
+    def sample(base_params, sr_params, vq_params, rng, txt, txt_mask, neg_txt, neg_mask,
+               init_lo_BxN, init_hi_BxM):
+      base_rng, sr_rng = jax.random.split(rng)
+      neg = (neg_txt, neg_mask) if negative else (None, None)
+      fn = decoding.transformer_logits_fn(base_model, base_params, txt, txt_mask, *neg,
+                                          guidance=base_dc.guidance_scale > 0)
+      tokens_lo = decoding.decode(fn, init_lo_BxN, base_rng, base_dc, self.base_cfg.mask_id)
+      tokens_hi = None
+      if sr_model is not None:
+        fn = superres_logits_fn(sr_model, sr_params, tokens_lo, txt, txt_mask, *neg,
+                                guidance=sr_dc.guidance_scale > 0)
+        tokens_hi = decoding.decode(fn, init_hi_BxM, sr_rng, sr_dc, self.sr_cfg.mask_id)
+      img = self.decode_images(vq_params, tokens_lo if tokens_hi is None else tokens_hi)
+      return img, tokens_lo, tokens_hi
+
+    return sample
+
+
 class Pipeline:
   """Loaded, checked parts and the jitted samplers. Build with `Pipeline(PipelinePaths(...))`."""
 
@@ -183,32 +248,20 @@ class Pipeline:
                 f"{paths.base} was trained on width model.text_dim={self.base_cfg.text_dim}: "
                 f"not the encoder it was trained with")
 
-    t = self.text_cfg.max_length
-    self.base_shardings, self.base_params = self._place_params(
-        paths.base, MaskedTransformer(self.base_cfg),
-        self._abstract_ids(self.base_cfg.seq_len), *self._abstract_text(t))
-    self.sr_shardings = self.sr_params = None
+    self.cascade = Cascade(self.base_cfg, self.sr_cfg, self.output_tokenizer.cfg,
+                           self.text_cfg.max_length)
+    self.base_shardings, self.sr_shardings = self.cascade.param_shardings(self.mesh, self.rules)
+    base_abstract, sr_abstract = self.cascade.abstract_boxed()
+    self.base_params = self._place_params(paths.base, base_abstract, self.base_shardings)
+    self.sr_params = None
     if self.has_superres:
-      self.sr_shardings, self.sr_params = self._place_params(
-          paths.superres, SuperResTransformer(self.sr_cfg),
-          self._abstract_ids(self.sr_cfg.hi_seq_len), self._abstract_ids(self.sr_cfg.lo_seq_len),
-          *self._abstract_text(t))
+      self.sr_params = self._place_params(paths.superres, sr_abstract, self.sr_shardings)
     self._samplers = {}
 
-  @staticmethod
-  def _abstract_ids(n):
-    return jax.ShapeDtypeStruct((1, n), jnp.int32)
-
-  def _abstract_text(self, t):
-    return (jax.ShapeDtypeStruct((1, t, self.base_cfg.text_dim), jnp.float32),
-            jax.ShapeDtypeStruct((1, t), jnp.bool_))
-
-  def _place_params(self, path: str, model: nn.Module, *example_args):
-    """(shardings, params) of the checkpoint at `path`: its params checked against the model its
-    config describes, and placed by their logical axes over the mesh, one leaf at a time (each
-    process supplies the slices its devices hold)."""
-    boxed = jax.eval_shape(model.init, jax.random.key(0), *example_args)["params"]
-    shardings = mesh_lib.tree_shardings(self.mesh, self.rules, boxed)
+  def _place_params(self, path: str, boxed, shardings):
+    """The params of the checkpoint at `path`, checked against the model its config describes
+    (`boxed`, abstract) and placed by `shardings` one leaf at a time (each process supplies the
+    slices its devices hold)."""
     host = checkpoint.load_params(path)
     try:
       checkpoint.check_same_shapes(nn.unbox(boxed), host, f"checkpoint {path}",
@@ -220,7 +273,7 @@ class Pipeline:
       x = np.asarray(x)
       return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
-    return shardings, jax.tree.map(place, host, shardings)
+    return jax.tree.map(place, host, shardings)
 
   def _text_config(self, recorded) -> text_encoder_lib.TextEncoderConfig:
     """The base checkpoint's text_encoder section, its path replaced by paths.text_encoder."""
@@ -271,7 +324,7 @@ class Pipeline:
 
   @property
   def output_grid(self) -> int:
-    return self.sr_cfg.hi_grid_size if self.has_superres else self.base_cfg.grid_size
+    return self.cascade.output_grid
 
   # Text ---------------------------------------------------------------------------------------
   def encode_text(self, prompts: Sequence[str], role: str = "prompt"):
@@ -309,12 +362,7 @@ class Pipeline:
 
   def vq_decode(self, vq_params, tokens_BxK):
     """Traceable: output-tokenizer ids (flat grid) -> images in [0, 1], float32."""
-    tok = self.output_tokenizer
-    lo, hi = tok.cfg.pixel_range
-    g = self.output_grid
-    img = tok.model.apply({"params": vq_params}, tokens_BxK.reshape(-1, g, g),
-                          method=tok.model.decode)
-    return jnp.clip((img.astype(jnp.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return self.cascade.decode_images(vq_params, tokens_BxK)
 
   def shard_jit(self, fn):
     """jax.jit of fn(base_params, sr_params, vq_params, rng, txt, txt_mask, neg_txt, neg_mask,
@@ -329,25 +377,8 @@ class Pipeline:
   def _sampler(self, base_dc: decoding.DecodeConfig, sr_dc: Optional[decoding.DecodeConfig],
                negative: bool):
     """The jitted sampler: base decode, super-res decode, VQ decode."""
-    base_model = MaskedTransformer(self.base_cfg)
-    sr_model = SuperResTransformer(self.sr_cfg) if self.has_superres else None
-
-    def sample(base_params, sr_params, vq_params, rng, txt, txt_mask, neg_txt, neg_mask,
-               init_lo_BxN, init_hi_BxM):
-      base_rng, sr_rng = jax.random.split(rng)
-      neg = (neg_txt, neg_mask) if negative else (None, None)
-      fn = decoding.transformer_logits_fn(base_model, base_params, txt, txt_mask, *neg,
-                                          guidance=base_dc.guidance_scale > 0)
-      tokens_lo = decoding.decode(fn, init_lo_BxN, base_rng, base_dc, self.base_cfg.mask_id)
-      tokens_hi = None
-      if sr_model is not None:
-        fn = superres_logits_fn(sr_model, sr_params, tokens_lo, txt, txt_mask, *neg,
-                                guidance=sr_dc.guidance_scale > 0)
-        tokens_hi = decoding.decode(fn, init_hi_BxM, sr_rng, sr_dc, self.sr_cfg.mask_id)
-      img = self.vq_decode(vq_params, tokens_lo if tokens_hi is None else tokens_hi)
-      return img, tokens_lo, tokens_hi
-
-    return self.jitted(("sample", base_dc, sr_dc, negative), lambda: self.shard_jit(sample))
+    return self.jitted(("sample", base_dc, sr_dc, negative),
+                       lambda: self.shard_jit(self.cascade.sample_fn(base_dc, sr_dc, negative)))
 
   def check_negative(self, guidance_scale: float, negative: bool, stage: str):
     if negative and guidance_scale <= 0:
