@@ -472,3 +472,52 @@ def image_grid(images_BxHxWx3, cols: Optional[int] = None) -> np.ndarray:
     r, k = divmod(i, cols)
     grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = im
   return grid
+
+
+def lower_cascade(cascade: Cascade, text_model: nn.Module, mesh, rules, batch: int,
+                  base_dc: decoding.DecodeConfig, sr_dc: Optional[decoding.DecodeConfig]):
+  """The whole sampling program, text encoding included, lowered from shapes alone (muse-fit):
+  (text encoder params, base params, super-res params, tokenizer params, rng, prompt ids, mask,
+  initial tokens) -> (images, tokens_lo, tokens_hi) for `batch` prompts over `mesh`. The text
+  encoder and generators' params are placed by their logical axes as Pipeline places them, the
+  tokenizer's replicated, the batch split over the batch axes; every param stays resident, as in
+  Pipeline, so the compiled memory is what sampling needs per chip."""
+  t = cascade.text_length
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = mesh_lib.logical_sharding(mesh, rules, (axes.BATCH,))
+
+  def abstract(boxed, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nn.unbox(boxed), shardings)
+
+  text_boxed = text_encoder_lib.abstract_params(text_model, t)
+  text_shardings = mesh_lib.tree_shardings(mesh, rules, text_boxed)
+  base_boxed, sr_boxed = cascade.abstract_boxed()
+  base_shardings, sr_shardings = cascade.param_shardings(mesh, rules)
+  vq_boxed = jax.eval_shape(VQGAN(cascade.vq_cfg).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))["params"]
+  vq = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                    nn.unbox(vq_boxed))
+  # The key dtype taken outside the mesh: a compile-only mesh cannot run the key's creation.
+  key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=replicated)
+  rows = lambda shape, dtype: jax.ShapeDtypeStruct((batch, *shape), dtype,
+                                                   sharding=batch_sharding)
+  ids, mask = rows((t,), jnp.int32), rows((t,), jnp.bool_)
+  init_lo = rows((cascade.base_cfg.seq_len,), jnp.int32)
+  init_hi = rows((cascade.sr_cfg.hi_seq_len,), jnp.int32) if cascade.sr_cfg else None
+  encode = text_encoder_lib.encode_fn(text_model)
+  sample = cascade.sample_fn(base_dc, sr_dc, negative=False)
+
+  def program(text_params, base_params, sr_params, vq_params, rng, ids_BxT, mask_BxT,
+              init_lo_BxN, init_hi_BxM):
+    txt = encode(text_params, ids_BxT, mask_BxT)
+    return sample(base_params, sr_params, vq_params, rng, txt, mask_BxT, txt, mask_BxT,
+                  init_lo_BxN, init_hi_BxM)
+
+  # Unboxed outside the mesh context: there nn.unbox would add sharding constraints.
+  args = (abstract(text_boxed, text_shardings), abstract(base_boxed, base_shardings),
+          abstract(sr_boxed, sr_shardings) if sr_boxed is not None else None, vq, key, ids, mask,
+          init_lo, init_hi)
+  jitted = jax.jit(program, out_shardings=(batch_sharding,) * 3)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return jitted.lower(*args)

