@@ -1,0 +1,230 @@
+"""CLIP: image / text embedding parity with transformers' CLIPModel, tokenizer ids, loading errors,
+preset sizes, clip_score.
+
+Checkpoints are small random-weight CLIPModels that transformers writes on CPU torch into tmp
+folders, with a tiny CLIP BPE tokenizer (byte-level alphabet + a few merged words) built here.
+"""
+import json
+import os
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity tests compare against PyTorch (extra: parity)")
+transformers = pytest.importorskip("transformers",
+                                   reason="parity tests compare against transformers (extra: parity)")
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from safetensors import numpy as st_numpy  # noqa: E402
+
+from muse_jax.models import clip  # noqa: E402
+
+MAX_LEN = 16
+CAPTIONS = [
+    "a photo of a red cube",
+    "",
+    "The DOG and the cat!  a   photo\tof\nthe dog",
+    "the dog " * 20,                                 # over-long: truncated, EOS kept last
+    "héllo wörld 日本語 🙂 café",
+    "a photo of 3 cats, 12 dogs; the cube's red",
+]
+WORDS = "a photo of red cube dog cat the and".split()
+
+
+def _bytes_to_unicode():
+  """GPT-2 / CLIP byte-level alphabet: byte -> printable character, in CLIP's vocab order."""
+  bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1)))
+  cs, n = bs[:], 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return [chr(c) for c in cs]
+
+
+def _write_tokenizer(folder):
+  """A CLIP BPE like OpenAI's, in miniature: bytes, bytes + '</w>', merges, then BOS and EOS last
+  (so the EOS is the largest id, which the legacy argmax pooling relies on)."""
+  alphabet = _bytes_to_unicode()
+  vocab = {c: i for i, c in enumerate(alphabet)}
+  vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+  merges = []
+  for w in WORDS:
+    parts = list(w[:-1]) + [w[-1] + "</w>"]
+    cur = parts[0]
+    for p in parts[1:]:
+      if (cur, p) not in merges:
+        merges.append((cur, p))
+      cur += p
+      vocab.setdefault(cur, len(vocab))
+  vocab["<|startoftext|>"] = len(vocab)
+  vocab["<|endoftext|>"] = len(vocab)
+  tok = transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LEN)
+  tok.save_pretrained(folder)
+  return tok
+
+
+def _hf_config(vocab_size, eos_token_id, act):
+  return transformers.CLIPConfig(
+      text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LEN,
+                       hidden_act=act, eos_token_id=eos_token_id, bos_token_id=vocab_size - 2,
+                       pad_token_id=vocab_size - 1),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=32, patch_size=8, hidden_act=act),
+      projection_dim=16)
+
+
+@pytest.fixture(scope="module", params=["legacy_eos", "eos_id"])
+def snapshot(request, tmp_path_factory):
+  """(folder, torch CLIPModel, HF tokenizer); 'legacy_eos' has eos_token_id 2 (argmax pooling)
+  and quick_gelu, 'eos_id' the tokenizer's EOS id (first-EOS pooling) and exact GELU."""
+  folder = str(tmp_path_factory.mktemp(request.param))
+  tok = _write_tokenizer(folder)
+  eos = 2 if request.param == "legacy_eos" else tok.eos_token_id
+  act = "quick_gelu" if request.param == "legacy_eos" else "gelu"
+  torch.manual_seed(0)
+  model = transformers.CLIPModel(_hf_config(len(tok), eos, act)).eval()
+  with torch.no_grad():   # perturb every tensor (LayerNorms init to 1 / 0) so each mapping counts
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(folder)
+  return folder, model, tok
+
+
+def _features(out):
+  """transformers 5 returns a model output whose pooler_output is projected; 4 a tensor."""
+  return (out if torch.is_tensor(out) else out.pooler_output).numpy()
+
+
+def _rel_err(ours, ref):
+  ours, ref = np.asarray(ours), np.asarray(ref)
+  return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def test_embeddings_match_transformers(snapshot):
+  folder, model, tok = snapshot
+  cfg, params, our_tok = clip.load(folder)
+  assert cfg.projection_dim == 16 and cfg.text.max_position_embeddings == MAX_LEN
+  net = clip.CLIP(cfg)
+  rs = np.random.RandomState(0)
+
+  pixels_BxCxHxW = rs.randn(3, 3, 32, 32).astype(np.float32)
+  with torch.no_grad():
+    ref = _features(model.get_image_features(pixel_values=torch.tensor(pixels_BxCxHxW)))
+  ours = net.apply({"params": params}, pixels_BxCxHxW.transpose(0, 2, 3, 1),
+                   method=clip.CLIP.encode_image)
+  assert ours.shape == ref.shape == (3, 16)
+  assert _rel_err(ours, ref) < 1e-4
+
+  # Tokenized captions (padded with the EOS id, masked), then random ids with the EOS at odd
+  # places, twice or not at all, where the two pooling rules differ.
+  ids, mask = our_tok(CAPTIONS)
+  rand = rs.randint(0, len(tok), (4, MAX_LEN)).astype(np.int32)
+  rand[rand == tok.eos_token_id] = 5
+  rand[0, 3] = rand[0, 9] = tok.eos_token_id
+  rand[1, 12] = tok.eos_token_id
+  rand_mask = np.ones_like(rand, bool)
+  rand_mask[1, 13:] = False
+  for ids_BxT, mask_BxT in ((ids, mask), (rand, rand_mask)):
+    with torch.no_grad():
+      ref = _features(model.get_text_features(input_ids=torch.tensor(ids_BxT, dtype=torch.long),
+                                              attention_mask=torch.tensor(mask_BxT,
+                                                                          dtype=torch.long)))
+    ours = net.apply({"params": params}, ids_BxT, mask_BxT, method=clip.CLIP.encode_text)
+    assert ours.shape == ref.shape
+    assert _rel_err(ours, ref) < 1e-4
+
+
+def test_tokenizer_matches_transformers(snapshot):
+  folder, _, tok = snapshot
+  ours = clip.ClipTokenizer(folder, MAX_LEN)
+  theirs = transformers.AutoTokenizer.from_pretrained(folder)
+  ids, mask = ours(CAPTIONS)
+  ref = theirs(CAPTIONS, padding="max_length", truncation=True, max_length=MAX_LEN)
+  assert ids.dtype == np.int32 and mask.dtype == bool and ids.shape == (len(CAPTIONS), MAX_LEN)
+  np.testing.assert_array_equal(ids, np.array(ref["input_ids"]))
+  np.testing.assert_array_equal(mask, np.array(ref["attention_mask"], bool))
+  long = ids[CAPTIONS.index("the dog " * 20)]
+  assert long[0] == tok.bos_token_id and long[-1] == tok.eos_token_id and mask.sum() > len(CAPTIONS)
+
+
+def _copy_with(folder, dst, edit):
+  """A copy of snapshot `folder` in dst whose tensors went through edit(dict)."""
+  os.makedirs(dst)
+  for name in os.listdir(folder):
+    if name != "model.safetensors":
+      shutil.copy(os.path.join(folder, name), dst)
+  tensors = st_numpy.load_file(os.path.join(folder, "model.safetensors"))
+  edit(tensors)
+  st_numpy.save_file(tensors, os.path.join(dst, "model.safetensors"))
+  return dst
+
+
+def test_bad_checkpoints_name_the_key(snapshot, tmp_path):
+  folder = snapshot[0]
+  missing = "text_model.encoder.layers.1.mlp.fc2.bias"
+  bad = _copy_with(folder, str(tmp_path / "missing"), lambda t: t.pop(missing))
+  with pytest.raises(ValueError, match=f"missing key '{missing}'"):
+    clip.load(bad)
+  shaped = "vision_model.embeddings.patch_embedding.weight"
+  bad = _copy_with(folder, str(tmp_path / "shape"),
+                   lambda t: t.__setitem__(shaped, t[shaped][:, :, :4]))
+  with pytest.raises(ValueError, match=f"key '{shaped}' has shape"):
+    clip.load(bad)
+  bad = _copy_with(folder, str(tmp_path / "extra"),
+                   lambda t: t.__setitem__("vision_model.extra.weight", np.zeros(3, np.float32)))
+  with pytest.raises(ValueError, match="unexpected key 'vision_model.extra.weight'"):
+    clip.load(bad)
+  with open(os.path.join(folder, "config.json")) as f:
+    hf = json.load(f)
+  with pytest.raises(ValueError, match="model_type"):
+    clip.CLIPConfig.from_hf(dict(hf, model_type="siglip"))
+
+
+def _count(cfg):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(clip.abstract_params(cfg)))
+
+
+@pytest.mark.parametrize("cfg,published", [(clip.VIT_B_32, 151_277_313),
+                                           (clip.VIT_L_14, 427_616_513)])
+def test_presets_have_published_sizes(cfg, published):
+  # Published: transformers' CLIPModel parameter counts, which include the scalar logit_scale.
+  # Ours: 151,277,312 (B/32) and 427,616,512 (L/14).
+  n = _count(cfg)
+  assert abs(n - published) / published < 0.01
+  assert n == published - 1
+
+
+def test_clip_score():
+  rs = np.random.RandomState(0)
+  a = rs.randn(4, 8).astype(np.float32)
+  np.testing.assert_allclose(clip.clip_score(a, 3.0 * a), 1.0, atol=1e-6)
+  np.testing.assert_allclose(clip.clip_score(a, -a), 0.0, atol=1e-6)
+  b = rs.randn(4, 8).astype(np.float32)
+  cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+  np.testing.assert_allclose(clip.clip_score(a, b), np.maximum(cos, 0), atol=1e-6)
+
+
+def test_preprocess_images():
+  images = np.full((2, 40, 60, 3), 0.5, np.float32)
+  out = np.asarray(clip.preprocess_images(images, image_size=32))
+  assert out.shape == (2, 32, 32, 3)
+  want = (0.5 - np.array(clip.MEAN)) / np.array(clip.STD)
+  np.testing.assert_allclose(out, np.broadcast_to(want, out.shape), atol=1e-5)
+  square = np.random.RandomState(0).rand(1, 32, 32, 3).astype(np.float32)   # no resize, no crop
+  np.testing.assert_allclose(clip.preprocess_images(square, image_size=32),
+                             (square - np.array(clip.MEAN)) / np.array(clip.STD), atol=1e-5)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="hidden_act"):
+    clip.CLIPTextConfig(hidden_act="swiglu")
+  with pytest.raises(ValueError, match="divisible"):
+    clip.CLIPVisionConfig(hidden_size=30, num_attention_heads=4)
+  with pytest.raises(ValueError, match="multiple of patch_size"):
+    clip.CLIPVisionConfig(image_size=30, patch_size=8)
+  with pytest.raises(ValueError, match="dtype"):
+    clip.CLIPConfig(dtype="float16")
