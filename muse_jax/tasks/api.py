@@ -77,8 +77,10 @@ class Task:
     raise NotImplementedError
 
   # Evaluation and sample grids ----------------------------------------------------------------
-  # evaluate(state, batch, workdir, step) -> {name: float}, run on process 0 every
-  # train.eval_every steps on one fixed batch; None: the stage has no evaluation.
+  # evaluate(state, batch, workdir, step, write) -> {name: float}, run on every process every
+  # train.eval_every steps on one fixed global batch, with the state sharded as the step holds
+  # it (never pulled to one host); only the process with write=True writes files. None: the
+  # stage has no evaluation.
   evaluate = None
 
   def make_sampler(self, mesh, rules, abstract_params):

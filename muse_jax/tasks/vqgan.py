@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import PIL.Image
 from etils import epath
+from jax.experimental import multihost_utils
 
 from muse_jax.data import preprocess, sources
 from muse_jax.metrics import recon
@@ -249,21 +250,22 @@ class VQGANTask(api.Task):
     return a, ids, {"psnr": recon.psnr(a, b).mean(), "ssim": recon.ssim(a, b).mean(),
                     "codebook_usage": vq["codebook_usage"]}
 
-  def evaluate(self, state, batch, workdir, step):
-    """Reconstructs `batch` with the EMA generator: PSNR, SSIM, codebook usage, and a PNG grid
-    (top row inputs, bottom row reconstructions) at workdir/samples/recon_STEP.png."""
-    params = jax.device_get(state.extra["ema_params"])
-    img = jnp.asarray(jax.device_get(batch["image"]))
-    rec, ids, m = self._eval(params, img)
-    pr = self.model_cfg.pixel_range
-    top = np.asarray(_to_unit(img, pr))
-    grid = np.concatenate([np.concatenate(list(top), 1), np.concatenate(list(np.asarray(rec)), 1)],
-                          0)
-    out = epath.Path(workdir) / "samples"
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / f"recon_{step:08d}.png").open("wb") as f:
-      PIL.Image.fromarray((grid * 255).round().astype(np.uint8)).save(f, "PNG")
-    usage = len(np.unique(np.asarray(ids))) / self.model_cfg.codebook_size
+  def evaluate(self, state, batch, workdir, step, write: bool):
+    """Reconstructs `batch` with the EMA generator: PSNR, SSIM, codebook usage, and (write) a PNG
+    grid (top row inputs, bottom row reconstructions) at workdir/samples/recon_STEP.png. Runs on
+    every process: params and batch stay sharded as the step holds them (one program over the
+    mesh), and the images and ids are gathered to each host for the grid and the usage count."""
+    rec, ids, m = self._eval(state.extra["ema_params"], batch["image"])
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    rec, ids, img = gather(rec), gather(ids), gather(batch["image"])
+    if write:
+      top = np.asarray(_to_unit(img, self.model_cfg.pixel_range))
+      grid = np.concatenate([np.concatenate(list(top), 1), np.concatenate(list(rec), 1)], 0)
+      out = epath.Path(workdir) / "samples"
+      out.mkdir(parents=True, exist_ok=True)
+      with (out / f"recon_{step:08d}.png").open("wb") as f:
+        PIL.Image.fromarray((grid * 255).round().astype(np.uint8)).save(f, "PNG")
+    usage = len(np.unique(ids)) / self.model_cfg.codebook_size
     return {"eval_psnr": float(m["psnr"]), "eval_ssim": float(m["ssim"]),
             "eval_codebook_usage": usage}
 

@@ -323,10 +323,11 @@ def _train(setup: Setup, workdir, checkpointer, num_steps: int) -> RunResult:
                                      num_threads=config.data.num_threads)
   evaluate = setup.task.evaluate
   eval_every = int(config.train.get("eval_every", 0)) if evaluate is not None else 0
-  if eval_every:       # one fixed batch of this host's rows, the same on every resume
-    eval_batch = next(pipeline.make_iterator(
+  if eval_every:       # one fixed batch (each host its rows), the same on every resume
+    eval_batch = pipeline.to_global_batch(next(pipeline.make_iterator(
         source, setup.global_batch, config.data.seed + 1, transform=setup.task.make_transform(
-            preprocess.SkipCounter(repr(source), min(len(source), 10_000))), num_threads=1))
+            preprocess.SkipCounter(repr(source), min(len(source), 10_000))), num_threads=1)),
+        setup.host_shardings)
 
   base_rng = jax.random.key(config.seed)
   start = checkpointer.latest_step()
@@ -352,10 +353,13 @@ def _train(setup: Setup, workdir, checkpointer, num_steps: int) -> RunResult:
         batch = setup.online(batch)
       state, metrics = compiled(state, batch, base_rng, frozen)
       logger.step_dispatched(step, metrics)
-      if eval_every and logger.is_main and (step % eval_every == 0 or step == num_steps):
-        scores = evaluate(state, eval_batch, workdir, step)
-        logger.scalars(step, scores, "eval/")
-        logging.info("eval at step %d: %s", step, scores)
+      if eval_every and (step % eval_every == 0 or step == num_steps):
+        # On every process (sharded params, one program over the mesh); process 0 writes.
+        with setup.context():
+          scores = evaluate(state, eval_batch, workdir, step, write=logger.is_main)
+        if logger.is_main:
+          logger.scalars(step, scores, "eval/")
+          logging.info("eval at step %d: %s", step, scores)
       if sampler is not None and sample_due(step, sample_every, num_steps):
         write_samples(sampler, state.params, step, workdir, logger.writer, logger.file)
       preempted = preemption.reached(step, checkpointer.manager)
