@@ -228,3 +228,48 @@ def test_config_validation():
     clip.CLIPVisionConfig(image_size=30, patch_size=8)
   with pytest.raises(ValueError, match="dtype"):
     clip.CLIPConfig(dtype="float16")
+
+
+def test_clip_scorer_matches_transformers_cosine(snapshot):
+  """metrics/clip_score.py: images in [0, 1] and prompts -> max(cos, 0) of transformers' image
+  and text features (on our preprocessed pixels and the HF tokenizer's ids), whatever the
+  batching (7 pairs in chunks of 3, the last padded)."""
+  from muse_jax.metrics import clip_score
+  folder, model, tok = snapshot
+  rs = np.random.RandomState(1)
+  images = rs.rand(7, 40, 48, 3).astype(np.float32)     # resized and centre-cropped to 32
+  prompts = [CAPTIONS[i % len(CAPTIONS)] for i in range(7)]
+  got = clip_score.CLIPScorer(folder, batch_size=3).scores(images, prompts)
+  pixels = np.asarray(clip.preprocess_images(images, 32)).transpose(0, 3, 1, 2)
+  enc = tok(prompts, padding="max_length", truncation=True, max_length=MAX_LEN,
+            return_tensors="pt")
+  with torch.no_grad():
+    a = _features(model.get_image_features(pixel_values=torch.tensor(pixels)))
+    b = _features(model.get_text_features(input_ids=enc["input_ids"],
+                                          attention_mask=enc["attention_mask"]))
+  cos = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+  np.testing.assert_allclose(got, np.maximum(cos, 0), atol=1e-5)
+  assert got.shape == (7,) and (cos > 0).any()
+  with pytest.raises(ValueError, match="B images .* and B prompts"):
+    clip_score.CLIPScorer(folder).scores(images, prompts[:3])
+
+
+def test_muse_eval_reports_the_clip_score(snapshot, tmp_path):
+  """muse-eval's generator sweep with a CLIP folder: one CLIP score per split and sweep point,
+  the mean of the scorer's per-pair scores, in report.json and report.md."""
+  from muse_jax.cli import evaluate
+  from muse_jax.data import scenes
+  from muse_jax.metrics import clip_score
+  folder = snapshot[0]
+  render = lambda prompts, *_: np.stack(
+      [scenes.render(scenes.parse_caption(p), 48) for p in prompts]) / 255.0
+  scorer = clip_score.CLIPScorer(folder, batch_size=4)
+  report = evaluate.evaluate_generator(render, 6, [0.0], [1.0], clip_scorer=scorer)
+  point = report["sweep"][0]
+  for split in ("eval", "eval_seen"):
+    prompts, _ = evaluate.scene_prompts(split, 6)
+    want = scorer.scores(render(prompts), prompts).mean()
+    assert point[f"clip_{split}"] == pytest.approx(float(want), abs=1e-6)
+  evaluate.write_report(report, str(tmp_path))
+  md = (tmp_path / "report.md").read_text()
+  assert "| CLIP | FID |" in md and f"{point['clip_eval']:.4f}" in md

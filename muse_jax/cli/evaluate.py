@@ -46,7 +46,7 @@ from muse_jax import paths
 from muse_jax.cli import sample as sample_cli
 from muse_jax.errors import UsageError
 from muse_jax.data import scenes
-from muse_jax.metrics import alignment
+from muse_jax.metrics import alignment, clip_score
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -208,8 +208,9 @@ SPLIT_LABELS = {"eval": "held-out", "eval_seen": "seen"}   # scene splits -> rep
 
 def evaluate_generator(sample, num_prompts: int, guidances, temperatures, seed: int = 0,
                        fid_scorer=None, reference_resolution: int = 64,
-                       prompt_sets: dict | None = None) -> dict:
-  """Sweep of alignment (and FID with a scorer) over guidance x temperature.
+                       prompt_sets: dict | None = None, clip_scorer=None) -> dict:
+  """Sweep of alignment (and FID with a scorer, CLIP score with a clip_scorer: the mean per
+  split) over guidance x temperature.
 
   sample(prompts: list[str], seed: int, guidance: float, temperature: float) -> images
   [B, H, W, 3] float in [0, 1]. Prompts: `num_prompts` of each scene split (held-out and seen
@@ -239,6 +240,8 @@ def evaluate_generator(sample, num_prompts: int, guidances, temperatures, seed: 
           raise ValueError(f"sample() returned shape {images.shape} for {len(prompts)} prompts; "
                            f"expected [B, H, W, 3]")
         point[f"alignment_{split}"] = alignment.alignment(images, prompts)
+        if clip_scorer is not None:
+          point[f"clip_{split}"] = float(clip_scorer.scores(images, prompts).mean())
         generated.append(images)
       if fid_scorer is not None:
         from muse_jax.metrics import fid
@@ -425,16 +428,17 @@ def _markdown(report: dict) -> str:
   counts = ", ".join(f"{SPLIT_LABELS.get(s, s)} {n}" for s, n in report["num_prompts"].items())
   lines += [f"Prompts: {counts}; seed {report['seed']}.", "",
             "| guidance | temperature | split | all | colour | shape | position | size | count "
-            "| FID |", "| --- " * 10 + "|"]
+            "| CLIP | FID |", "| --- " * 11 + "|"]
   for p in report["sweep"]:
     for split in report["splits"]:
       a = p[f"alignment_{split}"]
       cells = [f"{a[k]:.3f}" if a[k] is not None else "-" for k in
                ("all", "colour", "shape", "position", "size", "count")]
       fid_cell = f"{p['fid']:.2f}" if "fid" in p else "-"
+      clip_cell = f"{p[f'clip_{split}']:.4f}" if f"clip_{split}" in p else "-"
       lines.append(f"| {p['guidance']:g} | {p['temperature']:g} | "
                    f"{SPLIT_LABELS.get(split, split)} | " + " | ".join(cells)
-                   + f" | {fid_cell} |")
+                   + f" | {clip_cell} | {fid_cell} |")
   lines += ["", "![sweep](sweep.png)"]
   return "\n".join(lines) + "\n"
 
@@ -514,6 +518,10 @@ def parser() -> argparse.ArgumentParser:
                  "one report row per file (named by its stem, e.g. heldout.txt and seen.txt); "
                  "plain text, one prompt per line, or JSONL with \"prompt\"")
   p.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (or .safetensors)")
+  p.add_argument("--clip", metavar="DIR",
+                 help="generator: a Hugging Face CLIPModel folder (config.json, safetensors, "
+                 "tokenizer.json; e.g. openai/clip-vit-large-patch14): adds the CLIP score of "
+                 "the samples against their prompts")
   p.add_argument("--links", action="store_true",
                  help="generator: alignment link by link (ground truth, tokenizer, teacher-"
                  "forced base, base samples, super-res, cascade) -> links.json, report.md")
@@ -553,7 +561,7 @@ def _run_links(args) -> None:
 def main(argv=None) -> int:
   args = paths.resolve_args(parser().parse_args(argv), (
       "checkpoint", "out", "tokenizer", "superres", "tokenizer_hi", "text_encoder_path",
-      "fid_weights"))
+      "fid_weights", "clip"))
   if args.data != "scenes":
     args.data = paths.resolve(args.data)
   if args.prompts_file:
@@ -587,6 +595,12 @@ def main(argv=None) -> int:
       if not args.tokenizer:
         raise UsageError("a generator checkpoint needs --tokenizer (muse-convert folder or "
                          "vqgan workdir)")
+      clip_scorer = None
+      if args.clip:
+        try:
+          clip_scorer = clip_score.CLIPScorer(args.clip, args.batch_size)
+        except (ValueError, OSError) as e:
+          raise UsageError(f"--clip {args.clip}: {e}") from e
       scorer = None
       if args.fid_weights:
         from muse_jax.metrics import fid
@@ -595,7 +609,7 @@ def main(argv=None) -> int:
       prompt_sets = read_prompt_sets(args.prompts_file) if args.prompts_file else None
       report = evaluate_generator(sample, args.num_images, args.guidance or [0.0, 2.0, 4.0],
                                   args.temperature or [1.0], args.seed, scorer,
-                                  prompt_sets=prompt_sets)
+                                  prompt_sets=prompt_sets, clip_scorer=clip_scorer)
       report["checkpoint"] = args.checkpoint
     write_report(report, args.out)
   except Exception as e:  # noqa: BLE001  user mistakes are reported, bugs re-raised

@@ -29,7 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tokenizers
 
+from muse_jax.convert import hf_text
 from muse_jax.models import layers, t5
 from muse_jax.parallel import axes
 
@@ -388,14 +390,13 @@ class ClipTokenizer:
   """
 
   def __init__(self, folder: str, max_length: int = 77):
-    from tokenizers import Tokenizer
     file = os.path.join(folder, "tokenizer.json")
     if not os.path.exists(file):
       raise FileNotFoundError(f"{folder} has no tokenizer.json (a CLIP fast tokenizer)")
     if max_length < 2:
       raise ValueError(f"CLIP max_length must be at least 2 (BOS and EOS), got {max_length}")
     self.max_length = max_length
-    self.tokenizer = Tokenizer.from_file(file)
+    self.tokenizer = tokenizers.Tokenizer.from_file(file)
     self.pad_token = _special_token(folder, "pad_token", "<|endoftext|>")
     self.pad_id = self.tokenizer.token_to_id(self.pad_token)
     if self.pad_id is None:
@@ -431,7 +432,6 @@ def _special_token(folder, name, default):
 
 def key_map(cfg: CLIPConfig) -> dict:
   """Our CLIP params path -> hf_text.Source (or per-layer Sources, stacked on axis 0)."""
-  from muse_jax.convert.hf_text import Source
   same = lambda w: w
   transpose = lambda w: w.T
 
@@ -442,8 +442,8 @@ def key_map(cfg: CLIPConfig) -> dict:
     return lambda w: w.T.reshape(h, k, w.shape[0])
 
   def ln(ours, theirs, d):
-    return {ours + ("scale",): Source((f"{theirs}.weight",), (d,), same),
-            ours + ("bias",): Source((f"{theirs}.bias",), (d,), same)}
+    return {ours + ("scale",): hf_text.Source((f"{theirs}.weight",), (d,), same),
+            ours + ("bias",): hf_text.Source((f"{theirs}.bias",), (d,), same)}
 
   def tower(c, ours, theirs):
     d, h, k, f = c.hidden_size, c.num_attention_heads, c.head_dim, c.intermediate_size
@@ -461,27 +461,27 @@ def key_map(cfg: CLIPConfig) -> dict:
     for n in ("1", "2"):
       per_layer[(f"ln{n}", "scale")] = (f"layer_norm{n}.weight", (d,), same)
       per_layer[(f"ln{n}", "bias")] = (f"layer_norm{n}.bias", (d,), same)
-    return {(ours, "layers") + path: [Source((f"{theirs}.encoder.layers.{i}.{key}",), shape, fn)
+    return {(ours, "layers") + path: [hf_text.Source((f"{theirs}.encoder.layers.{i}.{key}",), shape, fn)
                                       for i in range(c.num_hidden_layers)]
             for path, (key, shape, fn) in per_layer.items()}
 
   v, t, p = cfg.vision, cfg.text, cfg.projection_dim
   e = "vision_model.embeddings"
   table = {
-      ("vision", "patch_embed", "kernel"): Source(
+      ("vision", "patch_embed", "kernel"): hf_text.Source(
           (f"{e}.patch_embedding.weight",),
           (v.hidden_size, v.num_channels, v.patch_size, v.patch_size),
           lambda w: w.transpose(2, 3, 1, 0)),      # torch conv [O, I, kh, kw] -> [kh, kw, I, O]
-      ("vision", "class_embed"): Source((f"{e}.class_embedding",), (v.hidden_size,)),
-      ("vision", "pos_embed"): Source((f"{e}.position_embedding.weight",),
+      ("vision", "class_embed"): hf_text.Source((f"{e}.class_embedding",), (v.hidden_size,)),
+      ("vision", "pos_embed"): hf_text.Source((f"{e}.position_embedding.weight",),
                                       (v.num_positions, v.hidden_size)),
-      ("text", "token_embed"): Source(("text_model.embeddings.token_embedding.weight",),
+      ("text", "token_embed"): hf_text.Source(("text_model.embeddings.token_embedding.weight",),
                                       (t.vocab_size, t.hidden_size)),
-      ("text", "pos_embed"): Source(("text_model.embeddings.position_embedding.weight",),
+      ("text", "pos_embed"): hf_text.Source(("text_model.embeddings.position_embedding.weight",),
                                     (t.max_position_embeddings, t.hidden_size)),
-      ("visual_projection", "kernel"): Source(("visual_projection.weight",), (p, v.hidden_size),
+      ("visual_projection", "kernel"): hf_text.Source(("visual_projection.weight",), (p, v.hidden_size),
                                               transpose),
-      ("text_projection", "kernel"): Source(("text_projection.weight",), (p, t.hidden_size),
+      ("text_projection", "kernel"): hf_text.Source(("text_projection.weight",), (p, t.hidden_size),
                                             transpose),
   }
   table.update(ln(("vision", "pre_norm"), "vision_model.pre_layrnorm", v.hidden_size))
@@ -502,7 +502,6 @@ def load(path: str, dtype: str = "float32"):
 
   Missing, unexpected or mis-shaped keys raise one ValueError naming each key (headers are
   checked before any tensor is read)."""
-  from muse_jax.convert import hf_text
   snapshot = hf_text.Snapshot(path)
   cfg = CLIPConfig.from_hf(snapshot.config, dtype=dtype)
   params = hf_text.convert(snapshot, key_map(cfg), ignored)
