@@ -119,3 +119,75 @@ def write_t5_snapshot(path, spiece_dir, ff="gated-gelu", layout="single", seed=0
        open(os.path.join(path, "spiece.model"), "wb") as dst:
     dst.write(src.read())
   return model.float()
+
+
+# Tiny random-weight CLIP and FID Inception written by the reference libraries -------------------
+CLIP_WORDS = "a photo of red cube dog cat the and".split()
+
+
+def _bytes_to_unicode():
+  """GPT-2 / CLIP byte-level alphabet: byte -> printable character, in CLIP's vocab order."""
+  bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1)))
+  cs, n = bs[:], 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return [chr(c) for c in cs]
+
+
+def write_clip_tokenizer(folder, max_length: int):
+  """A CLIP BPE like OpenAI's, in miniature, saved by transformers: bytes, bytes + '</w>',
+  merges, then BOS and EOS last (so the EOS is the largest id, which the legacy argmax pooling
+  relies on). Returns the transformers tokenizer."""
+  import transformers
+  alphabet = _bytes_to_unicode()
+  vocab = {c: i for i, c in enumerate(alphabet)}
+  vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+  merges = []
+  for w in CLIP_WORDS:
+    parts = list(w[:-1]) + [w[-1] + "</w>"]
+    cur = parts[0]
+    for p in parts[1:]:
+      if (cur, p) not in merges:
+        merges.append((cur, p))
+      cur += p
+      vocab.setdefault(cur, len(vocab))
+  vocab["<|startoftext|>"] = len(vocab)
+  vocab["<|endoftext|>"] = len(vocab)
+  tok = transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+  tok.save_pretrained(folder)
+  return tok
+
+
+def clip_config(vocab_size, eos_token_id, act, max_length: int):
+  """A tiny transformers.CLIPConfig (32-wide towers, 32-px images of 8-px patches)."""
+  import transformers
+  return transformers.CLIPConfig(
+      text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4,
+                       max_position_embeddings=max_length, hidden_act=act,
+                       eos_token_id=eos_token_id, bos_token_id=vocab_size - 2,
+                       pad_token_id=vocab_size - 1),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=32, patch_size=8, hidden_act=act),
+      projection_dim=16)
+
+
+def randomise_inception(model, seed=0):
+  """He-scaled conv weights and non-trivial batch-norm statistics on a torch FID Inception, so
+  every layer matters."""
+  import torch
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for mod in model.modules():
+      if isinstance(mod, torch.nn.Conv2d):
+        mod.weight.normal_(0, (2 / mod.weight[0].numel()) ** 0.5, generator=g)
+      elif isinstance(mod, torch.nn.BatchNorm2d):
+        mod.weight.uniform_(0.5, 1.5, generator=g)
+        mod.bias.normal_(0, 0.1, generator=g)
+        mod.running_mean.normal_(0, 0.1, generator=g)
+        mod.running_var.uniform_(0.5, 1.5, generator=g)
+  return model.eval()

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from safetensors import numpy as st_numpy  # noqa: E402
 
 from muse_jax.models import clip  # noqa: E402
+from tests import helpers  # noqa: E402
 
 MAX_LEN = 16
 CAPTIONS = [
@@ -28,65 +29,16 @@ CAPTIONS = [
     "héllo wörld 日本語 🙂 café",
     "a photo of 3 cats, 12 dogs; the cube's red",
 ]
-WORDS = "a photo of red cube dog cat the and".split()
-
-
-def _bytes_to_unicode():
-  """GPT-2 / CLIP byte-level alphabet: byte -> printable character, in CLIP's vocab order."""
-  bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1)))
-  cs, n = bs[:], 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return [chr(c) for c in cs]
-
-
-def _write_tokenizer(folder):
-  """A CLIP BPE like OpenAI's, in miniature: bytes, bytes + '</w>', merges, then BOS and EOS last
-  (so the EOS is the largest id, which the legacy argmax pooling relies on)."""
-  alphabet = _bytes_to_unicode()
-  vocab = {c: i for i, c in enumerate(alphabet)}
-  vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
-  merges = []
-  for w in WORDS:
-    parts = list(w[:-1]) + [w[-1] + "</w>"]
-    cur = parts[0]
-    for p in parts[1:]:
-      if (cur, p) not in merges:
-        merges.append((cur, p))
-      cur += p
-      vocab.setdefault(cur, len(vocab))
-  vocab["<|startoftext|>"] = len(vocab)
-  vocab["<|endoftext|>"] = len(vocab)
-  tok = transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LEN)
-  tok.save_pretrained(folder)
-  return tok
-
-
-def _hf_config(vocab_size, eos_token_id, act):
-  return transformers.CLIPConfig(
-      text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LEN,
-                       hidden_act=act, eos_token_id=eos_token_id, bos_token_id=vocab_size - 2,
-                       pad_token_id=vocab_size - 1),
-      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, image_size=32, patch_size=8, hidden_act=act),
-      projection_dim=16)
-
-
 @pytest.fixture(scope="module", params=["legacy_eos", "eos_id"])
 def snapshot(request, tmp_path_factory):
   """(folder, torch CLIPModel, HF tokenizer); 'legacy_eos' has eos_token_id 2 (argmax pooling)
   and quick_gelu, 'eos_id' the tokenizer's EOS id (first-EOS pooling) and exact GELU."""
   folder = str(tmp_path_factory.mktemp(request.param))
-  tok = _write_tokenizer(folder)
+  tok = helpers.write_clip_tokenizer(folder, MAX_LEN)
   eos = 2 if request.param == "legacy_eos" else tok.eos_token_id
   act = "quick_gelu" if request.param == "legacy_eos" else "gelu"
   torch.manual_seed(0)
-  model = transformers.CLIPModel(_hf_config(len(tok), eos, act)).eval()
+  model = transformers.CLIPModel(helpers.clip_config(len(tok), eos, act, MAX_LEN)).eval()
   with torch.no_grad():   # perturb every tensor (LayerNorms init to 1 / 0) so each mapping counts
     for p in model.parameters():
       p.add_(0.05 * torch.randn_like(p))

@@ -6,6 +6,7 @@ import pytest
 
 from muse_jax.metrics import fid
 from muse_jax.models import inception
+from tests import helpers
 
 torch = pytest.importorskip("torch", reason="parity with the torch FID Inception needs torch")
 
@@ -50,21 +51,6 @@ def test_statistics_of_samples_recover_a_known_gaussian():
     fid.frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])
 
 
-def _randomise(model, seed=0):
-  """He-scaled conv weights and non-trivial batch-norm statistics, so every layer matters."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for mod in model.modules():
-      if isinstance(mod, torch.nn.Conv2d):
-        mod.weight.normal_(0, (2 / mod.weight[0].numel()) ** 0.5, generator=g)
-      elif isinstance(mod, torch.nn.BatchNorm2d):
-        mod.weight.uniform_(0.5, 1.5, generator=g)
-        mod.bias.normal_(0, 0.1, generator=g)
-        mod.running_mean.normal_(0, 0.1, generator=g)
-        mod.running_var.uniform_(0.5, 1.5, generator=g)
-  return model.eval()
-
-
 def _pytorch_fid_reference(monkeypatch):
   try:
     from pytorch_fid import inception as pfi
@@ -72,7 +58,7 @@ def _pytorch_fid_reference(monkeypatch):
     pytest.skip(f"pytorch-fid is not importable here ({type(e).__name__}: {e}); the "
                 f"transcribed torch reference covers the same check")
   from tests.fid_inception_torch_reference import FIDInceptionV3
-  state = _randomise(FIDInceptionV3()).state_dict()
+  state = helpers.randomise_inception(FIDInceptionV3()).state_dict()
   monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: state)
   net = pfi.InceptionV3([3]).eval()
   return (lambda x: net(x)[0].flatten(1)), state
@@ -81,7 +67,7 @@ def _pytorch_fid_reference(monkeypatch):
 def _transcribed_reference(monkeypatch):
   del monkeypatch
   from tests.fid_inception_torch_reference import FIDInceptionV3
-  net = _randomise(FIDInceptionV3())
+  net = helpers.randomise_inception(FIDInceptionV3())
   return net, net.state_dict()
 
 
@@ -105,7 +91,7 @@ def test_inception_features_match_torch_with_shared_weights(reference, monkeypat
 
 def test_safetensors_conversion_and_fid_of_image_sets(tmp_path):
   from tests.fid_inception_torch_reference import FIDInceptionV3
-  net = _randomise(FIDInceptionV3(), seed=1)
+  net = helpers.randomise_inception(FIDInceptionV3(), seed=1)
   pth = tmp_path / inception.WEIGHTS_FILE
   torch.save(net.state_dict(), pth)
   out = tmp_path / "inception.safetensors"

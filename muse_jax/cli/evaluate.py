@@ -46,7 +46,7 @@ from muse_jax import paths
 from muse_jax.cli import sample as sample_cli
 from muse_jax.errors import UsageError
 from muse_jax.data import scenes
-from muse_jax.metrics import alignment, clip_score
+from muse_jax.metrics import alignment, clip_score, fid, zero_shot
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -77,12 +77,7 @@ def load_images(data: str, num_images: int, resolution: int, seed: int = 0) -> n
 
 def _square(im: Image.Image, resolution: int) -> np.ndarray:
   """An image centre-cropped to a square and resized to resolution: [R, R, 3] float32 in [0, 1]."""
-  im = im.convert("RGB")
-  side = min(im.size)
-  left, top = (im.width - side) // 2, (im.height - side) // 2
-  im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution),
-                                                            Image.BICUBIC)
-  return np.asarray(im, np.float32) / 255.0
+  return zero_shot.square_image(im, resolution).astype(np.float32) / 255.0
 
 
 def load_captioned_folder(data: str, num_images: int, resolution: int) -> tuple:
@@ -244,7 +239,6 @@ def evaluate_generator(sample, num_prompts: int, guidances, temperatures, seed: 
           point[f"clip_{split}"] = float(clip_scorer.scores(images, prompts).mean())
         generated.append(images)
       if fid_scorer is not None:
-        from muse_jax.metrics import fid
         point["fid"] = fid.frechet_distance(*fid_scorer.statistics(np.concatenate(generated)),
                                             *reference_stats)
       sweep.append(point)
@@ -276,19 +270,18 @@ def read_prompt_sets(files) -> dict:
 
 
 def pipeline_sampler(pipe_paths, mesh=None):
-  """sample(prompts, seed, guidance, temperature) over a muse_jax.pipeline.Pipeline of
-  `pipe_paths` (one image per prompt; guidance and temperature set for the base and the super-res
-  decode)."""
+  """sample(prompts, seed, guidance, temperature, schedule="linear") over a
+  muse_jax.pipeline.Pipeline of `pipe_paths` (one image per prompt; the guidance scale, its
+  schedule and the temperature set for the base and the super-res decode)."""
   from muse_jax import pipeline
   pipe = pipeline.Pipeline(pipe_paths, mesh=mesh)
   default = pipeline.SampleConfig()
 
-  def sample(prompts, seed, guidance, temperature):
-    cfg = pipeline.SampleConfig(
-        num_images=1, seed=seed,
-        base=dataclasses.replace(default.base, guidance_scale=guidance, temperature=temperature),
-        superres=dataclasses.replace(default.superres, guidance_scale=guidance,
-                                     temperature=temperature))
+  def sample(prompts, seed, guidance, temperature, schedule="linear"):
+    settings = dict(guidance_scale=guidance, temperature=temperature, guidance_schedule=schedule)
+    cfg = pipeline.SampleConfig(num_images=1, seed=seed,
+                                base=dataclasses.replace(default.base, **settings),
+                                superres=dataclasses.replace(default.superres, **settings))
     return pipe.generate(prompts, cfg).images_BxHxWx3
 
   return sample
@@ -497,7 +490,7 @@ def parser() -> argparse.ArgumentParser:
                  "whose captions the scorer reads, also the reconstructions' prompt alignment)")
   p.add_argument("--num-images", type=int, default=64,
                  help="tokenizer: images; generator: prompts per split")
-  p.add_argument("--resolution", type=int, default=256, help="tokenizer: image size")
+  p.add_argument("--resolution", type=int, default=256, help="tokenizer: image size; --references: the reference images' size")
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--tokenizer", help="generator: its tokenizer")
@@ -522,6 +515,17 @@ def parser() -> argparse.ArgumentParser:
                  help="generator: a Hugging Face CLIPModel folder (config.json, safetensors, "
                  "tokenizer.json; e.g. openai/clip-vit-large-patch14): adds the CLIP score of "
                  "the samples against their prompts")
+  p.add_argument("--references", metavar="SPEC",
+                 help="generator: zero-shot FID / CLIP score against captioned reference images: "
+                 "'tfds:coco_captions' (prepared under TFDS_DATA_DIR) or a folder of images with "
+                 "captions.jsonl / .csv; --num-images of them (30000 for FID-30K), sampled "
+                 "--batch-size at a time, resumable (OUT/partial); needs --fid-weights and/or "
+                 "--clip; with several --guidance / --temperature / --guidance-schedule values it "
+                 "draws Fig. 8 (CLIP against FID, fig8.png)")
+  p.add_argument("--reference-split", default="validation", help="--references tfds: the split")
+  p.add_argument("--guidance-schedule", nargs="+", default=None,
+                 choices=("linear", "constant"),
+                 help="--references: the guidance schedules to sweep (default linear)")
   p.add_argument("--links", action="store_true",
                  help="generator: alignment link by link (ground truth, tokenizer, teacher-"
                  "forced base, base samples, super-res, cascade) -> links.json, report.md")
@@ -558,12 +562,54 @@ def _run_links(args) -> None:
   write_links_report(result, args.out)
 
 
+def _run_zero_shot(args) -> None:
+  if not (args.fid_weights or args.clip):
+    raise UsageError("--references needs --fid-weights (FID), --clip (CLIP score) or both")
+  if args.prompts_file or args.links:
+    raise UsageError("--references takes its prompts from the reference captions; drop "
+                     "--prompts-file / --links")
+  try:
+    source = zero_shot.reference_source(args.references, args.reference_split)
+    captions, references, skipped = zero_shot.read_references(source, args.num_images,
+                                                              args.resolution)
+  except (ValueError, OSError) as e:
+    raise UsageError(f"--references {args.references}: {e}") from e
+  clip_scorer = None
+  if args.clip:
+    try:
+      clip_scorer = clip_score.CLIPScorer(args.clip, args.batch_size)
+    except (ValueError, OSError) as e:
+      raise UsageError(f"--clip {args.clip}: {e}") from e
+  fid_scorer = fid.FIDScorer(args.fid_weights, args.batch_size) if args.fid_weights else None
+  sample = pipeline_sampler(sample_cli.pipeline_paths(args), sample_cli.mesh_of(args))
+  settings = [{"guidance": float(g), "temperature": float(t), "schedule": sch}
+              for sch in (args.guidance_schedule or ["linear"]) for g in (args.guidance or [4.0])
+              for t in (args.temperature or [1.0])]
+  points = zero_shot.zero_shot(sample, captions, references, settings, args.out, fid_scorer,
+                               clip_scorer, args.batch_size, args.seed)
+  lines = [f"# muse-eval: zero-shot on {args.references}", "",
+           f"{len(captions)} captions and reference images at {args.resolution} px (skipped: "
+           + ", ".join(f"{k} {v}" for k, v in skipped.items()) + f"); seed {args.seed}.", "",
+           "| guidance | schedule | temperature | FID | CLIP score |", "| --- " * 5 + "|"]
+  for p in points:
+    lines.append(f"| {p['guidance']:g} | {p['schedule']} | {p['temperature']:g} | "
+                 + (f"{p['fid']:.2f}" if "fid" in p else "-") + " | "
+                 + (f"{p['clip']:.4f}" if "clip" in p else "-") + " |")
+  if fid_scorer is not None and clip_scorer is not None and len(points) > 1:
+    zero_shot.plot_clip_fid(points, os.path.join(args.out, "fig8.png"))
+    lines += ["", "![CLIP score against FID](fig8.png)"]
+  with open(os.path.join(args.out, "report.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
   args = paths.resolve_args(parser().parse_args(argv), (
       "checkpoint", "out", "tokenizer", "superres", "tokenizer_hi", "text_encoder_path",
       "fid_weights", "clip"))
   if args.data != "scenes":
     args.data = paths.resolve(args.data)
+  if args.references and not args.references.startswith("tfds:"):
+    args.references = paths.resolve(args.references)
   if args.prompts_file:
     args.prompts_file = [paths.resolve(f) for f in args.prompts_file]
   try:
@@ -573,6 +619,13 @@ def main(argv=None) -> int:
     if args.prompts_file and (kind != "generator" or args.links):
       raise UsageError("--prompts-file scores a generator's samples; it takes a base checkpoint "
                        "and no --links (the links compare with ground-truth images)")
+    if args.references:
+      if kind != "generator":
+        raise UsageError(f"--references evaluates a base checkpoint; --checkpoint "
+                         f"{args.checkpoint} is a tokenizer")
+      _run_zero_shot(args)
+      print(f"muse-eval: wrote {os.path.join(args.out, 'zero_shot.json')} and report.md")
+      return 0
     if args.links:
       if kind != "generator":
         raise UsageError(f"--links takes a base checkpoint; --checkpoint {args.checkpoint} is a "
@@ -603,7 +656,6 @@ def main(argv=None) -> int:
           raise UsageError(f"--clip {args.clip}: {e}") from e
       scorer = None
       if args.fid_weights:
-        from muse_jax.metrics import fid
         scorer = fid.FIDScorer(args.fid_weights, args.batch_size)
       sample = pipeline_sampler(sample_cli.pipeline_paths(args), sample_cli.mesh_of(args))
       prompt_sets = read_prompt_sets(args.prompts_file) if args.prompts_file else None
