@@ -168,8 +168,8 @@ def test_train_resume_sample_and_encode_with_relative_paths(cwd, monkeypatch, ca
   assert sample_cli.main(["--checkpoint", "runs/base", "--tokenizer", "vq", "--steps", "2",
                           "--guidance", "0", "--prompts-file", "prompts.jsonl", "--out",
                           "out"]) == 0
-  assert sorted(os.listdir(cwd / "out")) == ["grid.png", "red_00.png", "settings.json",
-                                             "sq-2_00.png"]
+  assert sorted(os.listdir(cwd / "out")) == ["grid.png", "index.md", "red_00.png", "red_grid.png",
+                                             "settings.json", "sq-2_00.png", "sq-2_grid.png"]
   s = json.loads((cwd / "out" / "settings.json").read_text())
   assert s["prompt_ids"] == ["red", "sq-2"] and s["prompt"] == ["a red circle", "a blue square"]
   assert s["checkpoint"] == str(cwd / "runs" / "base") and s["tokenizer"] == str(cwd / "vq")
@@ -207,6 +207,21 @@ def test_prompts_file_plain_text_ids_are_line_numbers(tmp_path):
   with pytest.raises(SystemExit):      # --prompt and --prompts-file are exclusive
     sample_cli.parser().parse_args(["--checkpoint", "c", "--tokenizer", "t", "--out", "o",
                                     "--prompt", "p", "--prompts-file", "f"])
+
+
+def test_prompts_file_tsv_reads_the_prompt_column(tmp_path):
+  """PartiPrompts.tsv's layout: a header, the prompts in its 'Prompt' column (any position)."""
+  (tmp_path / "parti.tsv").write_text("Category\tPrompt\tChallenge\n"
+                                      "Animals\ta red circle\tSimple\n\n"
+                                      "Abstract\t a blue square \tBasic\n")
+  assert sample_cli.read_prompts_file(str(tmp_path / "parti.tsv")) == [
+      ("002", "a red circle"), ("004", "a blue square")]
+  (tmp_path / "bad.tsv").write_text("Category\tText\nA\tx\n")
+  with pytest.raises(sample_cli.UsageError, match="needs a header line with a 'Prompt' column"):
+    sample_cli.read_prompts_file(str(tmp_path / "bad.tsv"))
+  (tmp_path / "short.tsv").write_text("Category\tPrompt\nA\n")
+  with pytest.raises(sample_cli.UsageError, match="line 2: no prompt in column 2"):
+    sample_cli.read_prompts_file(str(tmp_path / "short.tsv"))
 
 
 @pytest.mark.parametrize("module, own_flags", [("muse_jax.main", ("--config", "--workdir")),

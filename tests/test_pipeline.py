@@ -255,10 +255,15 @@ def test_sample_cli_writes_images_grid_and_settings(paths, tmp_path, capsys):
       "--num-images", "2", "--steps", "3", "--superres-steps", "2", "--guidance", "2.5",
       "--seed", "7", "--out", str(out)]) == 0
   files = sorted(p.name for p in out.iterdir())
-  assert files == ["000_00.png", "000_01.png", "001_00.png", "001_01.png", "grid.png",
-                   "settings.json"]
+  assert files == ["000_00.png", "000_01.png", "000_grid.png", "001_00.png", "001_01.png",
+                   "001_grid.png", "grid.png", "index.md", "settings.json"]
   assert PIL.Image.open(out / "001_01.png").size == (32, 32)
   assert PIL.Image.open(out / "grid.png").size == (64, 64)
+  # The contact sheet: each prompt with its own row of images.
+  row = np.asarray(PIL.Image.open(out / "001_grid.png"))
+  assert row.shape == (32, 64, 3)
+  np.testing.assert_array_equal(row[:, 32:], np.asarray(PIL.Image.open(out / "001_01.png")))
+  assert "| 001 | a blue square | ![001](001_grid.png) |" in (out / "index.md").read_text()
   s = json.loads((out / "settings.json").read_text())
   assert s["seed"] == 7 and s["guidance"] == 2.5 and s["prompt"] == ["a red circle", "a blue square"]
   assert s["base_decode"]["num_steps"] == 3 and s["superres_decode"]["num_steps"] == 2

@@ -72,8 +72,11 @@ _GUIDANCE = flags.DEFINE_float("guidance", 4.0, "--sample: guidance scale (0: of
 flags.mark_flags_as_required(["config", "topology"])
 
 GIB = 2.0 ** 30
-# device_kind -> (HBM GiB per chip, peak bf16 FLOP/s per chip).
+# device_kind -> (HBM GiB per device, peak bf16 FLOP/s per device). A device is a chip, except on
+# v2 / v3, whose two TensorCores are separate devices with half the chip each (v2-8, Colab's TPU:
+# 8 devices of 8 GiB).
 CHIPS = {
+    "TPU v2": (8, 22.5e12), "TPU v3": (16, 61.5e12),
     "TPU v4": (32, 275e12),
     "TPU v5 lite": (16, 197e12), "TPU v5e": (16, 197e12),
     "TPU v5": (95, 459e12), "TPU v5p": (95, 459e12),

@@ -16,9 +16,12 @@ ids and the output files). Classifier-free guidance rises linearly from 0 to --g
 steps (Muse); --guidance 0 turns it off.
 
 Prompts: --prompt (repeatable; ids 000, 001, ...) or --prompts-file FILE, not both. FILE is plain
-text, one prompt per line (blank lines skipped; id = the line number, zero-padded), or JSONL, one
+text, one prompt per line (blank lines skipped; id = the line number, zero-padded), JSONL, one
 {"id": "...", "prompt": "..."} per line (chosen by a .jsonl name or a first line starting with
-'{'; other keys are ignored; an id may be left out: the line number). Ids name the output files:
+'{'; other keys are ignored; an id may be left out: the line number), or a .tsv with a header
+whose 'Prompt' column holds the prompts (PartiPrompts.tsv; id = the line number). Besides the
+images, each prompt gets ID_grid.png (its images in a row) and OUT/index.md lists every prompt
+with its grid (a contact sheet). Ids name the output files:
 letters, digits, '.', '_', '-', not starting with '.' or '-', each once.
 """
 import argparse
@@ -117,8 +120,20 @@ def read_prompts_file(path: str) -> list:
     raise UsageError(f"--prompts-file {path} holds no prompts ({len(lines)} lines, all blank)")
   width = max(3, len(str(len(lines))))
   jsonl = path.endswith(".jsonl") or numbered[0][1].lstrip().startswith("{")
+  column = None
+  if path.endswith(".tsv"):    # PartiPrompts / DrawBench style: a header names the column
+    header = [h.strip().lower() for h in numbered[0][1].split("\t")]
+    if "prompt" not in header:
+      raise UsageError(f"--prompts-file {path}: a .tsv needs a header line with a 'Prompt' "
+                       f"column (as PartiPrompts' PartiPrompts.tsv), got {numbered[0][1]!r}")
+    column, numbered = header.index("prompt"), numbered[1:]
   out, seen = [], {}
   for i, line in numbered:
+    if column is not None:
+      cells = line.split("\t")
+      if len(cells) <= column or not cells[column].strip():
+        raise UsageError(f"--prompts-file {path} line {i}: no prompt in column {column + 1}")
+      line = cells[column]
     pid, prompt = (_jsonl_prompt(path, i, line) if jsonl else (None, line.strip()))
     pid = f"{i:0{width}d}" if pid is None else pid
     if not _SAFE_ID.match(pid):
@@ -225,6 +240,20 @@ def settings_of(args, pipe: Pipeline, cfg: SampleConfig) -> dict:
   return s
 
 
+def write_contact_sheet(out: str, ids, prompts, images_BxHxWx3, n: int) -> None:
+  """A grid per prompt (ID_grid.png, its n images in a row) and index.md listing every prompt with
+  its grid: the page to look through a prompt set (PartiPrompts, DrawBench) at once."""
+  lines = ["# muse-sample", "", "| id | prompt | images |", "| --- | --- | --- |"]
+  for j, (pid, prompt) in enumerate(zip(ids, prompts)):
+    grid = image_grid(images_BxHxWx3[j * n:(j + 1) * n], cols=n)
+    PIL.Image.fromarray((grid * 255).round().astype(np.uint8)).save(
+        os.path.join(out, f"{pid}_grid.png"))
+    text = prompt.replace("|", "\\|").replace("\n", " ")
+    lines.append(f"| {pid} | {text} | ![{pid}]({pid}_grid.png) |")
+  with open(os.path.join(out, "index.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
 def sample(args) -> int:
   ids, prompts = prompts_with_ids(args)
   check_prompts(args)
@@ -235,8 +264,9 @@ def sample(args) -> int:
   names = [f"{pid}_{k:02d}.png" for pid in ids for k in range(n)]
   settings = dict(settings_of(args, pipe, cfg), prompt_ids=ids)
   write_outputs(args.out, samples.images_BxHxWx3, n, settings, names)
-  print(f"muse-sample: wrote {len(names)} images of {pipe.resolution}px, grid.png and "
-        f"settings.json to {args.out}")
+  write_contact_sheet(args.out, ids, prompts, samples.images_BxHxWx3, n)
+  print(f"muse-sample: wrote {len(names)} images of {pipe.resolution}px, a grid per prompt, "
+        f"grid.png, index.md and settings.json to {args.out}")
   return 0
 
 
