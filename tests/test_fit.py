@@ -64,6 +64,7 @@ def test_sampling_cascade_fits_and_reports():
   assert "FLOPs per image, analytic" in out and out.rstrip().endswith("fits")
 
 
+@pytest.mark.slow   # a libtpu start per case (~10 s each)
 @pytest.mark.parametrize("flags, message", [
     (("--sample", "--config=configs/base.py:size=demo", "--topology=v4:2x2x1"),
      "--sample needs --tokenizer_config"),

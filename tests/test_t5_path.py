@@ -20,7 +20,8 @@ from muse_jax.pipeline import Pipeline, PipelinePaths  # noqa: E402
 from muse_jax.train import loop  # noqa: E402
 from tests import helpers  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("t5_path")
+# ~1 min (a T5 snapshot, encoding, training, sampling): the slow set, which CI runs.
+pytestmark = [pytest.mark.xdist_group("t5_path"), pytest.mark.slow]
 
 TOK = VQGANConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, mid_res_blocks=1,
                   latent_dim=8, codebook_size=32, norm_groups=4)   # f = 4: 16 px -> 4x4 tokens

@@ -22,7 +22,8 @@ from muse_jax.models.vqgan import VQGAN, VQGANConfig  # noqa: E402
 from muse_jax.train import loop  # noqa: E402
 from tests import helpers  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("zero_shot")
+# ~1.5 min (12 sampling calls, Inception and CLIP on each): the slow set, which CI runs.
+pytestmark = [pytest.mark.xdist_group("zero_shot"), pytest.mark.slow]
 
 TOK = VQGANConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, mid_res_blocks=1,
                   latent_dim=8, codebook_size=32, norm_groups=4)   # f = 4: 16 px

@@ -117,6 +117,14 @@ def compiled_flops(compiled) -> tuple[float | None, int]:
   return flops, compiled.as_text().count(" while(")
 
 
+_SAMPLE_ADVICE = ("lower --sample_batch, shard more (--sample_mesh=fsdp=-1, or with tensor), or "
+                  "use a larger topology")
+
+
+def _advice() -> str:
+  return _SAMPLE_ADVICE if _SAMPLE.value else _ADVICE
+
+
 def _compile(lowered, kind: str, hbm_gib: float):
   try:
     return lowered.compile()
@@ -124,7 +132,7 @@ def _compile(lowered, kind: str, hbm_gib: float):
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     sys.exit(f"error: does not fit {kind} ({hbm_gib} GiB HBM): {str(e).splitlines()[0]}\n"
-             f"{_ADVICE}")
+             f"{_advice()}")
 
 
 def _memory_total(compiled, kind: str, hbm_gib: float) -> float:
@@ -153,7 +161,7 @@ def main(argv):
   total = run(paths.resolve_config(config), name, devices, kind, hbm_gib, peak)
   if total > hbm_gib:
     sys.exit(f"error: does not fit: {total:.2f} GiB per chip exceeds the {hbm_gib} GiB HBM of "
-             f"{kind}\n{_ADVICE}")
+             f"{kind}\n{_advice()}")
   print("fits")
 
 
