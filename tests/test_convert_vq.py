@@ -163,8 +163,6 @@ def _diffusers_dict(**kw):
 
 
 @pytest.mark.parametrize("changes, field", [
-    (dict(mid_block_add_attention=True), "mid_block_add_attention"),
-    (dict(mid_block_add_attention=None), "mid_block_add_attention"),  # absent: diffusers' True
     (dict(norm_type="spatial"), "norm_type"),
     (dict(vq_embed_dim=8), "vq_embed_dim"),
     (dict(act_fn="relu"), "act_fn"),
@@ -194,6 +192,10 @@ DIFFUSERS_LAYOUTS = {
                            num_vq_embeddings=16, norm_num_groups=4, size=16),
     "three_levels": dict(block_out_channels=(16, 32, 48), layers_per_block=2, latent_channels=8,
                          num_vq_embeddings=64, norm_num_groups=8, vq_embed_dim=8, size=32),
+    # taming / latent-diffusion style: attention in the mid block (diffusers' default).
+    "mid_attention": dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=8,
+                          num_vq_embeddings=64, norm_num_groups=8, mid_block_add_attention=True,
+                          size=32),
     # aMUSEd's vqvae/config.json with channels [128, 256, 256, 512, 768] / 8 and 8192 codes / 32.
     "amused_like": dict(block_out_channels=(16, 32, 32, 64, 96), layers_per_block=2,
                         latent_channels=64, num_vq_embeddings=256, norm_num_groups=8,
@@ -209,9 +211,9 @@ def _diffusers_checkpoint(folder, layout, seed=0):
   torch.manual_seed(seed)
   lay = dict(DIFFUSERS_LAYOUTS[layout])
   size, levels = lay.pop("size"), len(lay["block_out_channels"])
+  lay.setdefault("mid_block_add_attention", False)
   model = diffusers.VQModel(down_block_types=("DownEncoderBlock2D",) * levels,
-                            up_block_types=("UpDecoderBlock2D",) * levels,
-                            mid_block_add_attention=False, **lay).eval()
+                            up_block_types=("UpDecoderBlock2D",) * levels, **lay).eval()
   rng = np.random.default_rng(seed)
   lo = 0.0 if layout == "amused_like" else -1.0
   img = torch.from_numpy(rng.uniform(lo, 1.0, (2, 3, size, size)).astype(np.float32))
@@ -252,6 +254,7 @@ def test_diffusers_parity(tmp_path, layout):
   cfg, params = vq.from_diffusers(tmp_path)
   assert cfg.pixel_range == ((0.0, 1.0) if layout == "amused_like" else (-1.0, 1.0))
   assert cfg.encoder_channels == tuple(DIFFUSERS_LAYOUTS[layout]["block_out_channels"])
+  assert cfg.mid_attention == (layout == "mid_attention")
 
   want_ids, want_out = _diffusers_ids_and_decode(model, img)
   ids, out = _ours(cfg, params, img.permute(0, 2, 3, 1).numpy())

@@ -619,20 +619,16 @@ def main(argv=None) -> int:
     if args.prompts_file and (kind != "generator" or args.links):
       raise UsageError("--prompts-file scores a generator's samples; it takes a base checkpoint "
                        "and no --links (the links compare with ground-truth images)")
-    if args.references:
-      if kind != "generator":
-        raise UsageError(f"--references evaluates a base checkpoint; --checkpoint "
-                         f"{args.checkpoint} is a tokenizer")
-      _run_zero_shot(args)
-      print(f"muse-eval: wrote {os.path.join(args.out, 'zero_shot.json')} and report.md")
-      return 0
-    if args.links:
-      if kind != "generator":
-        raise UsageError(f"--links takes a base checkpoint; --checkpoint {args.checkpoint} is a "
-                         f"tokenizer")
-      _run_links(args)
-      print(f"muse-eval: wrote {os.path.join(args.out, 'links.json')}, report.md and links.png")
-      return 0
+    # Generator-only modes: (flag, run, what it writes).
+    for flag, run, wrote in (("references", _run_zero_shot, "zero_shot.json and report.md"),
+                             ("links", _run_links, "links.json, report.md and links.png")):
+      if getattr(args, flag):
+        if kind != "generator":
+          raise UsageError(f"--{flag} takes a base checkpoint; --checkpoint {args.checkpoint} "
+                           f"is a tokenizer")
+        run(args)
+        print(f"muse-eval: wrote {wrote} to {args.out}")
+        return 0
     if kind == "tokenizer":
       skipped = {}
       if args.data == "scenes":

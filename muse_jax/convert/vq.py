@@ -51,10 +51,12 @@ def _oihw(shape):
   return (shape[3], shape[2], shape[0], shape[1])
 
 
-def _map_params(source: dict, key_map: dict, expected: dict, origin: str, oihw: bool) -> dict:
+def _map_params(source: dict, key_map: dict, expected: dict, origin: str, oihw: bool,
+                linear: frozenset = frozenset()) -> dict:
   """source: their flat key -> array. key_map: our path -> their key. Returns our params tree.
 
-  oihw: their 4-D conv kernels are OIHW (torch) and get transposed to HWIO."""
+  oihw: their 4-D conv kernels are OIHW (torch) and get transposed to HWIO. linear: our paths of
+  dense kernels stored as torch Linear weights [out, in], transposed to [in, out]."""
   if set(key_map) != set(expected):  # the tables below must cover our model exactly
     diff = sorted(set(key_map) ^ set(expected))
     raise AssertionError(f"key map out of sync with VQGAN for {diff[:5]}")
@@ -62,6 +64,7 @@ def _map_params(source: dict, key_map: dict, expected: dict, origin: str, oihw: 
   for ours, theirs in key_map.items():
     want = expected[ours]
     want_theirs = _oihw(want) if oihw and len(want) == 4 else want
+    want_theirs = tuple(reversed(want)) if ours in linear else want_theirs
     if theirs not in source:
       problems.append(f"missing key {theirs!r} (expected shape {want_theirs}, for our {ours})")
       continue
@@ -73,6 +76,8 @@ def _map_params(source: dict, key_map: dict, expected: dict, origin: str, oihw: 
     value = np.asarray(source[theirs], dtype=np.float32)
     if oihw and value.ndim == 4:
       value = value.transpose(2, 3, 1, 0)
+    if ours in linear:
+      value = value.T
     flat[ours] = np.ascontiguousarray(value)
   used = set(key_map.values())
   for theirs in sorted(set(source) - used):
@@ -186,14 +191,15 @@ _DIFFUSERS_FIXED = {  # field -> (required value, default when absent, why)
     "out_channels": (3, 3, "images have 3 channels"),
     "act_fn": ("silu", "silu", "our blocks use swish"),
     "norm_type": ("group", "group", "our decoder has GroupNorm, not SpatialNorm"),
-    "mid_block_add_attention": (False, True, "our VQGAN has no attention; the mid-block "
-                                "attention would be dropped"),
 }
 # Fields that only matter to diffusers' pipelines or its decode() API.
 _DIFFUSERS_IGNORED = ("sample_size", "scaling_factor", "force_upcast", "lookup_from_codebook")
 _DIFFUSERS_MAPPED = ("block_out_channels", "layers_per_block", "latent_channels",
                      "num_vq_embeddings", "norm_num_groups", "vq_embed_dim", "down_block_types",
-                     "up_block_types")
+                     "up_block_types", "mid_block_add_attention")
+# The mid-block attention (VQGANConfig.mid_attention): our module -> diffusers' (Linear layers).
+_DIFFUSERS_ATTN = {"norm": ".group_norm", "q": ".to_q", "k": ".to_k", "v": ".to_v",
+                   "out": ".to_out.0"}
 
 _DIFFUSERS_RES = {"norm1": ".norm1", "conv1": ".conv1", "norm2": ".norm2", "conv2": ".conv2",
                   "shortcut": ".conv_shortcut"}
@@ -251,6 +257,8 @@ def diffusers_config(dconf: dict, **overrides) -> VQGANConfig:
   fields = dict(
       base_channels=base, channel_mult=tuple(c // base for c in chans), num_res_blocks=layers,
       decoder_res_blocks=layers + 1, mid_res_blocks=2, latent_dim=latent,
+      # diffusers' default (absent from older configs) is True.
+      mid_attention=bool(dconf.get("mid_block_add_attention", True)),
       codebook_size=int(dconf.get("num_vq_embeddings", 256)),
       norm_groups=int(dconf.get("norm_num_groups", 32)), norm_eps=1e-6, downsample="conv",
       shortcut_on_output=False, shortcut_kernel=1, res_conv_bias=True, conv_in_bias=True,
@@ -279,11 +287,21 @@ def diffusers_key_map(cfg: VQGANConfig) -> dict:
                  _DIFFUSERS_RES)
     if level > 0:
       m[f"decoder/up_{level}_sample/conv"] = f"decoder.up_blocks.{up}.upsamplers.0.conv"
-  for j in range(cfg.mid_res_blocks):
-    for part in ("encoder", "decoder"):
+  for part in ("encoder", "decoder"):
+    for j in range(cfg.mid_res_blocks):
       _res_block(m, f"{part}/mid_res_{j}", f"{part}.mid_block.resnets.{j}", _DIFFUSERS_RES)
+    if cfg.mid_attention:
+      _res_block(m, f"{part}/mid_attn", f"{part}.mid_block.attentions.0", _DIFFUSERS_ATTN)
   leaf = {"kernel": ".weight", "bias": ".bias", "scale": ".weight", "codebook": ".weight"}
   return _leaves(m, expected_shapes(cfg), leaf)
+
+
+def _linear_kernels(cfg: VQGANConfig) -> set:
+  """Our paths of the dense kernels whose torch Linear weights are [out, in] (transposed)."""
+  if not cfg.mid_attention:
+    return set()
+  return {f"{part}/mid_attn/{name}/kernel" for part in ("encoder", "decoder")
+          for name in ("q", "k", "v", "out")}
 
 
 def from_diffusers(src_dir, variant=None, **overrides):
@@ -306,7 +324,8 @@ def from_diffusers(src_dir, variant=None, **overrides):
                      f"with save_pretrained(..., safe_serialization=True))")
   source = st_numpy.load_file(path)
   params = _map_params(source, diffusers_key_map(cfg), expected_shapes(cfg),
-                       f"diffusers checkpoint {path}", oihw=True)
+                       f"diffusers checkpoint {path}", oihw=True,
+                       linear=frozenset(_linear_kernels(cfg)))
   return cfg, params
 
 

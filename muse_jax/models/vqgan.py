@@ -25,6 +25,10 @@ class VQGANConfig:
   num_res_blocks / decoder_res_blocks: residual blocks per level in encoder / decoder
     (diffusers' decoder has one more than its encoder).
   mid_res_blocks: residual blocks at the bottleneck, after the encoder and before the decoder.
+  mid_attention: single-head self-attention over the bottleneck's positions after its first
+    residual block (taming-transformers' / latent diffusion's VQGANs, diffusers' VQModel default);
+    off in our presets: the paper's tokenizer has none, and attention makes a code depend on the
+    whole image.
   decoder_base_channels / decoder_channel_mult: a wider decoder (decoder finetuning).
   downsample: "conv" (3x3 stride-2, padded (0, 1) on each spatial side, diffusers) or "avgpool".
   shortcut_on_output: MaskGIT's quirk: a channel-changing shortcut conv is applied to the block's
@@ -47,6 +51,7 @@ class VQGANConfig:
   num_res_blocks: int = 2
   decoder_res_blocks: int | None = None
   mid_res_blocks: int = 2
+  mid_attention: bool = False
   decoder_base_channels: int | None = None
   decoder_channel_mult: tuple | None = None
   latent_dim: int = 256
@@ -75,6 +80,9 @@ class VQGANConfig:
       raise ValueError(f"vqgan.downsample={self.downsample!r}; expected 'conv' or 'avgpool'")
     if self.norm not in ("group", "layer"):
       raise ValueError(f"vqgan.norm={self.norm!r}; expected 'group' or 'layer'")
+    if self.mid_attention and self.mid_res_blocks < 1:
+      raise ValueError("vqgan.mid_attention sits after the first bottleneck residual block; it "
+                       f"needs mid_res_blocks >= 1, got {self.mid_res_blocks}")
     if self.shortcut_kernel not in (1, 3):
       raise ValueError(f"vqgan.shortcut_kernel must be 1 or 3, got {self.shortcut_kernel}")
     for c in self.encoder_channels + self.decoder_channels:
@@ -159,6 +167,37 @@ class ResBlock(nn.Module):
     return h + residual
 
 
+class MidAttention(nn.Module):
+  """x + out(softmax(q k^T / sqrt(C)) v), q, k, v, out dense over the channels of the normed
+  positions: x_BxHxWxC -> x_BxHxWxC. Logits and softmax in float32."""
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x):
+    c, (b, h, w, ch) = self.cfg, x.shape
+    dense = lambda name: nn.Dense(
+        ch, dtype=c.compute_dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+            (axes.CONV_IN, axes.CONV_OUT)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)))
+    y_BxNxC = _norm(c, "norm")(x).reshape(b, h * w, ch)
+    q, k, v = dense("q")(y_BxNxC), dense("k")(y_BxNxC), dense("v")(y_BxNxC)
+    logits_BxNxN = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
+    weights_BxNxN = jax.nn.softmax(logits_BxNxN / jnp.sqrt(jnp.float32(ch)), axis=-1)
+    out_BxNxC = dense("out")(jnp.einsum("bqk,bkc->bqc", weights_BxNxN.astype(v.dtype), v))
+    return x + out_BxNxC.reshape(b, h, w, ch).astype(x.dtype)
+
+
+def _mid_block(x, cfg, channels: int):
+  """The bottleneck's residual blocks, with MidAttention after the first (cfg.mid_attention)."""
+  for j in range(cfg.mid_res_blocks):
+    x = ResBlock(channels, cfg, name=f"mid_res_{j}")(x)
+    if j == 0 and cfg.mid_attention:
+      x = MidAttention(cfg, name="mid_attn")(x)
+  return x
+
+
 class Downsample(nn.Module):
   """2x spatial reduction: x_BxHxWxC -> x_Bx(H/2)x(W/2)xC."""
   cfg: Any
@@ -195,8 +234,7 @@ class Encoder(nn.Module):
         x = ResBlock(ch, c, name=f"down_{level}_res_{j}")(x)
       if level < len(chans) - 1:
         x = Downsample(c, name=f"down_{level}_sample")(x)
-    for j in range(c.mid_res_blocks):
-      x = ResBlock(chans[-1], c, name=f"mid_res_{j}")(x)
+    x = _mid_block(x, c, chans[-1])
     x = nn.swish(_norm(c, "norm_out")(x))
     return _conv(c.latent_dim, c.encoder_out_kernel, c, name="conv_out")(x)
 
@@ -211,8 +249,7 @@ class Decoder(nn.Module):
     chans = c.decoder_channels
     blocks = c.decoder_res_blocks if c.decoder_res_blocks is not None else c.num_res_blocks
     x = _conv(chans[-1], 3, c, name="conv_in")(z.astype(c.compute_dtype))
-    for j in range(c.mid_res_blocks):
-      x = ResBlock(chans[-1], c, name=f"mid_res_{j}")(x)
+    x = _mid_block(x, c, chans[-1])
     for level in reversed(range(len(chans))):
       for j in range(blocks):
         x = ResBlock(chans[level], c, name=f"up_{level}_res_{j}")(x)
