@@ -3,8 +3,10 @@
 Every entry point reports a `UsageError` (a flag, path, file, prompt, config or checkpoint that
 cannot be used: the message names it and what was expected) in one line without a traceback, and
 re-raises anything else, which is a bug. The library raises the subclasses where they arise, so a
-CLI needs one `except UsageError` instead of a list of module-specific classes.
+CLI needs one `except UsageError` instead of a list of module-specific classes; `report` is that
+one except, shared by the CLIs.
 """
+import sys
 
 
 class UsageError(ValueError):
@@ -18,3 +20,18 @@ class CheckpointError(UsageError, RuntimeError):
 
 class PipelineError(UsageError):
   """Models given to the sampling pipeline that are missing, unreadable or do not fit together."""
+
+
+# What an entry point reports in one line: every user error above, a file that is not there, an
+# optional package that is not installed. Anything else is a bug and keeps its traceback.
+REPORTED = (UsageError, FileNotFoundError, ImportError)
+
+
+def report(prog: str, fn, *args, also: tuple = ()) -> int:
+  """fn(*args), with REPORTED (and `also`) errors printed as "PROG: error: ..." on stderr and
+  exit code 1."""
+  try:
+    return fn(*args)
+  except REPORTED + tuple(also) as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 1

@@ -84,3 +84,11 @@ def test_every_stage_is_a_task():
   from muse_jax.tasks import api
   for name, cls in tasks.TASKS.items():
     assert issubclass(cls, api.Task), name
+
+
+def test_entry_points_report_user_errors_in_one_place():
+  # errors.report is the one `except` that prints "PROG: error: ..." (issue 16: each CLI had its
+  # own copy and its own tuple of classes).
+  printing = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
+              if 'error: {e}"' in p.read_text()]
+  assert printing == ["errors.py"]

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import PIL.Image
 
-from muse_jax import editing, paths
+from muse_jax import editing, errors, paths
 from muse_jax.cli import sample as sample_cli
 from muse_jax.cli.sample import UsageError
 
@@ -127,11 +127,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = paths.resolve_args(parser().parse_args(argv), sample_cli.PATH_ARGS)
-  try:
-    return edit(args)
-  except sample_cli.ERRORS as e:
-    print(f"muse-edit {args.command}: error: {e}", file=sys.stderr)
-    return 1
+  return errors.report(f"muse-edit {args.command}", edit, args)
 
 
 def run_main():

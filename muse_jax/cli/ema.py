@@ -19,7 +19,7 @@ import flax.traverse_util
 import numpy as np
 from etils import epath
 
-from muse_jax import checkpoint, paths
+from muse_jax import checkpoint, errors, paths
 from muse_jax.errors import UsageError
 
 def checkpoint_steps(workdir) -> list:
@@ -75,27 +75,28 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv=None) -> int:
-  args = paths.resolve_args(parser().parse_args(argv), ("workdir", "out"))
-  try:
-    if args.period < 0:
-      raise UsageError(f"--period must be >= 0, got {args.period}")
-    steps = [s for s in checkpoint_steps(args.workdir) if s >= args.min_step
-             and (args.max_step is None or s <= args.max_step)
-             and (not args.period or s % args.period == 0)]
-    if not steps:
-      raise UsageError(f"no checkpoints of {args.workdir} in steps [{args.min_step}, "
-                       f"{args.max_step}]" + (f" divisible by {args.period}" if args.period
-                                              else ""))
-    params, steps, config = ema_over_checkpoints(args.workdir, args.decay, steps)
-    checkpoint.save_export(args.out, params, config, {"ema_decay": args.decay, "ema_steps": steps,
-                                           "workdir": args.workdir})
-  except (UsageError, OSError) as e:   # CheckpointError is a UsageError
-    print(f"muse-ema: error: {e}", file=sys.stderr)
-    return 1
+def export_ema(args) -> int:
+  if args.period < 0:
+    raise UsageError(f"--period must be >= 0, got {args.period}")
+  steps = [s for s in checkpoint_steps(args.workdir) if s >= args.min_step
+           and (args.max_step is None or s <= args.max_step)
+           and (not args.period or s % args.period == 0)]
+  if not steps:
+    raise UsageError(f"no checkpoints of {args.workdir} in steps [{args.min_step}, "
+                     f"{args.max_step}]" + (f" divisible by {args.period}" if args.period
+                                            else ""))
+  params, steps, config = ema_over_checkpoints(args.workdir, args.decay, steps)
+  checkpoint.save_export(args.out, params, config, {"ema_decay": args.decay, "ema_steps": steps,
+                                                    "workdir": args.workdir})
   print(f"muse-ema: averaged {len(steps)} checkpoints (steps {steps[0]}..{steps[-1]}, decay "
         f"{args.decay}) into {args.out}")
   return 0
+
+
+def main(argv=None) -> int:
+  args = paths.resolve_args(parser().parse_args(argv), ("workdir", "out"))
+  # OSError: an unreadable checkpoint or an unwritable --out.
+  return errors.report("muse-ema", export_ema, args, also=(OSError,))
 
 
 def run_main():

@@ -34,7 +34,7 @@ import numpy as np
 import PIL.Image
 import tqdm
 
-from muse_jax import paths
+from muse_jax import errors, paths
 from muse_jax import tokenizer as tokenizer_lib
 from muse_jax.data import preencoded, preprocess, sources
 from muse_jax.parallel import axes, mesh as mesh_lib
@@ -291,12 +291,7 @@ def main(argv=None) -> int:
   if getattr(args, "source", None) != "tfds":     # for tfds, --path is a dataset name
     paths.resolve_args(args, ("path",))
   run = {"images": encode_images, "text": encode_text, "decode": decode_ids}[args.command]
-  try:
-    return run(args)
-  except (UsageError, preprocess.DataError, FileNotFoundError,
-          ImportError) as e:
-    print(f"muse-encode {args.command}: error: {e}", file=sys.stderr)
-    return 1
+  return errors.report(f"muse-encode {args.command}", run, args, also=(preprocess.DataError,))
 
 
 def run_main():

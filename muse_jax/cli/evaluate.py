@@ -42,7 +42,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from muse_jax import paths
+from muse_jax import errors, paths
 from muse_jax.cli import sample as sample_cli
 from muse_jax.errors import UsageError
 from muse_jax.data import scenes
@@ -562,6 +562,16 @@ def _run_links(args) -> None:
   write_links_report(result, args.out)
 
 
+def _clip_scorer(args):
+  """The CLIP scorer of --clip, or None."""
+  if not args.clip:
+    return None
+  try:
+    return clip_score.CLIPScorer(args.clip, args.batch_size)
+  except (ValueError, OSError) as e:
+    raise UsageError(f"--clip {args.clip}: {e}") from e
+
+
 def _run_zero_shot(args) -> None:
   if not (args.fid_weights or args.clip):
     raise UsageError("--references needs --fid-weights (FID), --clip (CLIP score) or both")
@@ -574,12 +584,7 @@ def _run_zero_shot(args) -> None:
                                                               args.resolution)
   except (ValueError, OSError) as e:
     raise UsageError(f"--references {args.references}: {e}") from e
-  clip_scorer = None
-  if args.clip:
-    try:
-      clip_scorer = clip_score.CLIPScorer(args.clip, args.batch_size)
-    except (ValueError, OSError) as e:
-      raise UsageError(f"--clip {args.clip}: {e}") from e
+  clip_scorer = _clip_scorer(args)
   fid_scorer = fid.FIDScorer(args.fid_weights, args.batch_size) if args.fid_weights else None
   sample = pipeline_sampler(sample_cli.pipeline_paths(args), sample_cli.mesh_of(args))
   settings = [{"guidance": float(g), "temperature": float(t), "schedule": sch}
@@ -612,59 +617,53 @@ def main(argv=None) -> int:
     args.references = paths.resolve(args.references)
   if args.prompts_file:
     args.prompts_file = [paths.resolve(f) for f in args.prompts_file]
-  try:
-    if args.num_images < 2:
-      raise UsageError(f"--num-images must be >= 2, got {args.num_images}")
-    kind = _checkpoint_kind(args.checkpoint)
-    if args.prompts_file and (kind != "generator" or args.links):
-      raise UsageError("--prompts-file scores a generator's samples; it takes a base checkpoint "
-                       "and no --links (the links compare with ground-truth images)")
-    # Generator-only modes: (flag, run, what it writes).
-    for flag, run, wrote in (("references", _run_zero_shot, "zero_shot.json and report.md"),
-                             ("links", _run_links, "links.json, report.md and links.png")):
-      if getattr(args, flag):
-        if kind != "generator":
-          raise UsageError(f"--{flag} takes a base checkpoint; --checkpoint {args.checkpoint} "
-                           f"is a tokenizer")
-        run(args)
-        print(f"muse-eval: wrote {wrote} to {args.out}")
-        return 0
-    if kind == "tokenizer":
-      skipped = {}
-      if args.data == "scenes":
-        images, captions = load_scenes(args.num_images, args.resolution, args.seed)
-      else:
-        images, captions, skipped = load_captioned_folder(args.data, args.num_images,
-                                                          args.resolution)
-      report = evaluate_tokenizer(args.checkpoint, images, args.batch_size, captions,
-                                  scenes_background=args.data == "scenes")
-      if skipped:
-        report["skipped"] = skipped
+  return errors.report("muse-eval", evaluate, args)
+
+
+def evaluate(args) -> int:
+  """muse-eval on parsed, resolved flags."""
+  if args.num_images < 2:
+    raise UsageError(f"--num-images must be >= 2, got {args.num_images}")
+  kind = _checkpoint_kind(args.checkpoint)
+  if args.prompts_file and (kind != "generator" or args.links):
+    raise UsageError("--prompts-file scores a generator's samples; it takes a base checkpoint "
+                     "and no --links (the links compare with ground-truth images)")
+  # Generator-only modes: (flag, run, what it writes).
+  for flag, run, wrote in (("references", _run_zero_shot, "zero_shot.json and report.md"),
+                           ("links", _run_links, "links.json, report.md and links.png")):
+    if getattr(args, flag):
+      if kind != "generator":
+        raise UsageError(f"--{flag} takes a base checkpoint; --checkpoint {args.checkpoint} "
+                         f"is a tokenizer")
+      run(args)
+      print(f"muse-eval: wrote {wrote} to {args.out}")
+      return 0
+  if kind == "tokenizer":
+    skipped = {}
+    if args.data == "scenes":
+      images, captions = load_scenes(args.num_images, args.resolution, args.seed)
     else:
-      if not args.tokenizer:
-        raise UsageError("a generator checkpoint needs --tokenizer (muse-convert folder or "
-                         "vqgan workdir)")
-      clip_scorer = None
-      if args.clip:
-        try:
-          clip_scorer = clip_score.CLIPScorer(args.clip, args.batch_size)
-        except (ValueError, OSError) as e:
-          raise UsageError(f"--clip {args.clip}: {e}") from e
-      scorer = None
-      if args.fid_weights:
-        scorer = fid.FIDScorer(args.fid_weights, args.batch_size)
-      sample = pipeline_sampler(sample_cli.pipeline_paths(args), sample_cli.mesh_of(args))
-      prompt_sets = read_prompt_sets(args.prompts_file) if args.prompts_file else None
-      report = evaluate_generator(sample, args.num_images, args.guidance or [0.0, 2.0, 4.0],
-                                  args.temperature or [1.0], args.seed, scorer,
-                                  prompt_sets=prompt_sets, clip_scorer=clip_scorer)
-      report["checkpoint"] = args.checkpoint
-    write_report(report, args.out)
-  except Exception as e:  # noqa: BLE001  user mistakes are reported, bugs re-raised
-    if not isinstance(e, (UsageError, FileNotFoundError, ImportError)):   # errors.py
-      raise
-    print(f"muse-eval: error: {e}", file=sys.stderr)
-    return 1
+      images, captions, skipped = load_captioned_folder(args.data, args.num_images,
+                                                        args.resolution)
+    report = evaluate_tokenizer(args.checkpoint, images, args.batch_size, captions,
+                                scenes_background=args.data == "scenes")
+    if skipped:
+      report["skipped"] = skipped
+  else:
+    if not args.tokenizer:
+      raise UsageError("a generator checkpoint needs --tokenizer (muse-convert folder or "
+                       "vqgan workdir)")
+    clip_scorer = _clip_scorer(args)
+    scorer = None
+    if args.fid_weights:
+      scorer = fid.FIDScorer(args.fid_weights, args.batch_size)
+    sample = pipeline_sampler(sample_cli.pipeline_paths(args), sample_cli.mesh_of(args))
+    prompt_sets = read_prompt_sets(args.prompts_file) if args.prompts_file else None
+    report = evaluate_generator(sample, args.num_images, args.guidance or [0.0, 2.0, 4.0],
+                                args.temperature or [1.0], args.seed, scorer,
+                                prompt_sets=prompt_sets, clip_scorer=clip_scorer)
+    report["checkpoint"] = args.checkpoint
+  write_report(report, args.out)
   print(f"muse-eval: wrote {os.path.join(args.out, 'report.json')} and report.md")
   return 0
 

@@ -34,15 +34,10 @@ import sys
 import numpy as np
 import PIL.Image
 
-from muse_jax import decoding, paths
+from muse_jax import decoding, errors, paths
 from muse_jax.parallel import mesh as mesh_lib
 from muse_jax.errors import UsageError
 from muse_jax.pipeline import Pipeline, PipelinePaths, SampleConfig, image_grid
-
-
-# What a sampling CLI reports in one line (every user error, errors.py; a missing file or
-# optional package); anything else is a bug and keeps its traceback.
-ERRORS = (UsageError, FileNotFoundError, ImportError)
 
 
 def add_model_args(p: argparse.ArgumentParser):
@@ -279,11 +274,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = paths.resolve_args(parser().parse_args(argv), PATH_ARGS)
-  try:
-    return sample(args)
-  except ERRORS as e:
-    print(f"muse-sample: error: {e}", file=sys.stderr)
-    return 1
+  return errors.report("muse-sample", sample, args)
 
 
 def run_main():

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as st_numpy
 
-from muse_jax import paths
+from muse_jax import errors, paths
 from muse_jax.models.vqgan import VQGAN, VQGANConfig
 
 FORMAT = "muse_jax.vqgan"
@@ -418,13 +418,14 @@ def main(argv=None, converters=None) -> int:
   parser.add_argument("--variant", help="diffusers weights variant, e.g. fp16")
   args = paths.resolve_args(parser.parse_args(argv), ("src", "out"))
   args.set = dict(args.set)
-  try:
+
+  def convert():
     result = converters[args.source](args.src, args.out, args)
-  except (ValueError, OSError) as e:
-    print(f"muse-convert: error: {e}", file=sys.stderr)
-    return 1
-  print(f"muse-convert: wrote {args.out} from {args.source} {args.src}: {result}")
-  return 0
+    print(f"muse-convert: wrote {args.out} from {args.source} {args.src}: {result}")
+    return 0
+
+  # The importers raise ValueError for layouts and files they cannot read (naming the field).
+  return errors.report("muse-convert", convert, also=(ValueError, OSError))
 
 
 def run_main():

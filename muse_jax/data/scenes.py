@@ -47,6 +47,8 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+from muse_jax import errors
+
 COLOURS = {                      # name -> RGB; every pair at least ~95 apart, and ~90 from grey
     "red": (215, 35, 35),
     "orange": (245, 135, 20),
@@ -486,7 +488,8 @@ def main(argv=None) -> int:
   pr.add_argument("--seed", type=int, default=1)
   pr.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     if args.command == "export":
       n = export_folder(args.out, args.num_examples, args.resolution, args.split, args.seed)
       print(f"wrote {n} scenes of split {args.split!r} at {args.resolution} px to {args.out}")
@@ -497,11 +500,9 @@ def main(argv=None) -> int:
       print(f"wrote {args.num} captions of split {args.split!r} to {args.out}")
     else:
       _bench()
-  except (ValueError, OSError) as e:
-    import sys
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+    return 0
+
+  return errors.report("python -m muse_jax.data.scenes", run, also=(ValueError, OSError))
 
 
 if __name__ == "__main__":
