@@ -57,8 +57,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       k: p[k] for k in ("codebook_size", "lo_codebook_size", "lo_grid_size", "hi_grid_size",
                         "text_dim", "hidden_size", "lo_num_layers", "hi_num_layers", "num_heads",
                         "mlp_dim")})
+  # High-res self-attention: the paper's multi-axis layers (8x8 blocks, then an 8x8 dilated
+  # grid: 2 x 4096 x 64 scores per head and layer instead of 4096^2; RESULTS.md "Multi-axis
+  # attention") at paper scale; full attention for the small grids of tiny and demo.
   config.model.update({"vocab_pad_multiple": 128, "remat": common.remat(args.size, paper),
-                       "dtype": "bfloat16" if paper else "float32", "lo_grid_add": False})
+                       "dtype": "bfloat16" if paper else "float32", "lo_grid_add": False,
+                       "hi_attention": "multi_axis" if paper else "full", "attn_block": 8,
+                       "attn_grid": 8})
   common.masked_token_sections(config, p["text_dim"], p["text_length"])
   # tiny (tests): synthetic pairs; demo: the built-in scenes through the frozen tokenizer(s) (set
   # data.tokenizer and data.tokenizer_hi; muse-demo uses pre-encoded shards instead); 268m:

@@ -102,6 +102,50 @@ class MultiHeadAttention(nn.Module):
                  name="out")(out_BxQxHxK)
 
 
+class WindowAttention(nn.Module):
+  """Self-attention within windows of a side x side token grid, one of multi-axis attention's
+  two phases (Zhao et al. 2021; Tu et al. 2022, MaxViT): kind "block": each token attends to the
+  window x window block it lies in; kind "grid": to the window x window tokens spaced side /
+  window apart that share its position modulo that stride (a dilated, image-wide grid).
+  x_BxNxD (N = side^2, row-major) -> y_BxNxD. Per layer and head: N * window^2 scores instead of
+  N^2."""
+  num_heads: int
+  head_dim: int
+  side: int
+  window: int
+  kind: str
+  dtype: Dtype = jnp.float32
+
+  def _partition(self, x_BxNxD):
+    """-> windows_(B*W)xLxD, W windows of L = window^2 tokens."""
+    b, _, d = x_BxNxD.shape
+    w, n = self.window, self.side // self.window
+    x = x_BxNxD.reshape(b, self.side, self.side, d)
+    if self.kind == "block":   # (row block, row in block, col block, col in block)
+      x = x.reshape(b, n, w, n, w, d).transpose(0, 1, 3, 2, 4, 5)
+    else:                      # (row in grid, row offset, col in grid, col offset)
+      x = x.reshape(b, w, n, w, n, d).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * n * n, w * w, d)
+
+  def _unpartition(self, y, b):
+    w, n, d = self.window, self.side // self.window, y.shape[-1]
+    y = y.reshape(b, n, n, w, w, d)
+    if self.kind == "block":
+      y = y.transpose(0, 1, 3, 2, 4, 5)
+    else:
+      y = y.transpose(0, 3, 1, 4, 2, 5)
+    return y.reshape(b, self.side * self.side, d)
+
+  @nn.compact
+  def __call__(self, x_BxNxD):
+    if self.kind not in ("block", "grid"):
+      raise ValueError(f"window attention kind must be 'block' or 'grid', got {self.kind!r}")
+    windows = self._partition(x_BxNxD)
+    y = MultiHeadAttention(self.num_heads, self.head_dim, self.dtype, name="attn")(windows,
+                                                                                  windows)
+    return self._unpartition(y, x_BxNxD.shape[0])
+
+
 class Mlp(nn.Module):
   """Position-wise MLP: x_BxNxD -> GELU(x W1) W2, same shape."""
   mlp_dim: int
@@ -125,6 +169,11 @@ class TransformerBlock(nn.Module):
   cross_kv: this layer's cross-attention (k_BxTxHxE, v_BxTxHxE), computed earlier by a block with
   `context_kv_only=True` (which takes the context as its carry, projects it and returns
   (ctx_BxTxD, (k, v))); then ctx_BxTxD is unused and only ctx_mask_BxT is needed.
+
+  multi_axis: (side, block, grid) for multi-axis self-attention over a side x side token grid:
+  the full self-attention sublayer is replaced by two pre-LN residual sublayers, block-local
+  attention (WindowAttention "block", windows of block x block) then dilated grid attention
+  ("grid", grid x grid); () for full self-attention.
   """
   num_heads: int
   head_dim: int
@@ -132,6 +181,7 @@ class TransformerBlock(nn.Module):
   cross_attention: bool = True
   dtype: Dtype = jnp.float32
   context_kv_only: bool = False
+  multi_axis: tuple = ()
 
   @nn.compact
   def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None, cross_kv=None):
@@ -141,9 +191,16 @@ class TransformerBlock(nn.Module):
       return ctx_BxTxD, cross_attn(None, ctx_BxTxD, project_kv_only=True)
     act_axes = (axes.BATCH, axes.LENGTH, axes.EMBED)
     x_BxNxD = nn.with_logical_constraint(x_BxNxD, act_axes)
-    h = layer_norm(self.dtype, "ln_self")(x_BxNxD)
-    x_BxNxD = x_BxNxD + MultiHeadAttention(self.num_heads, self.head_dim, self.dtype,
-                                           name="self_attn")(h, h)
+    if self.multi_axis:
+      side, block, grid = self.multi_axis
+      for kind, window in (("block", block), ("grid", grid)):
+        h = layer_norm(self.dtype, f"ln_{kind}")(x_BxNxD)
+        x_BxNxD = x_BxNxD + WindowAttention(self.num_heads, self.head_dim, side, window, kind,
+                                            self.dtype, name=f"{kind}_attn")(h)
+    else:
+      h = layer_norm(self.dtype, "ln_self")(x_BxNxD)
+      x_BxNxD = x_BxNxD + MultiHeadAttention(self.num_heads, self.head_dim, self.dtype,
+                                             name="self_attn")(h, h)
     if self.cross_attention:
       h = layer_norm(self.dtype, "ln_cross")(x_BxNxD)
       y = MultiHeadAttention(self.num_heads, self.head_dim, self.dtype, name="cross_attn")(
@@ -196,6 +253,7 @@ class BlockStack(nn.Module):
   cross_attention: bool = True
   remat: str = "none"
   dtype: Dtype = jnp.float32
+  multi_axis: tuple = ()       # TransformerBlock.multi_axis
 
   @nn.compact
   def __call__(self, x_BxNxD, ctx_BxTxD=None, ctx_mask_BxT=None, cross_kv=None, *,
@@ -214,10 +272,11 @@ class BlockStack(nn.Module):
         raise ValueError("context_kv_only needs a stack built with cross_attention=True")
       _, kv = scan(())(*args, context_kv_only=True, name="layers")(ctx_BxTxD)
       return kv
+    kw = dict(multi_axis=tuple(self.multi_axis), name="layers")
     if cross_kv is None:
-      x_BxNxD, _ = scan((nn.broadcast, nn.broadcast))(*args, name="layers")(
+      x_BxNxD, _ = scan((nn.broadcast, nn.broadcast))(*args, **kw)(
           x_BxNxD, ctx_BxTxD, ctx_mask_BxT)
     else:
-      x_BxNxD, _ = scan((nn.broadcast, nn.broadcast, 0))(*args, name="layers")(
+      x_BxNxD, _ = scan((nn.broadcast, nn.broadcast, 0))(*args, **kw)(
           x_BxNxD, None, ctx_mask_BxT, cross_kv)
     return x_BxNxD

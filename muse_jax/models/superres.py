@@ -41,6 +41,12 @@ class SuperResConfig:
   remat: str = "none"           # layers.REMAT_POLICIES: none, dots, dots_no_batch, full
   dtype: str = "float32"        # compute dtype; params stay float32
   lo_grid_add: bool = False     # add the low-res output under each high-res position (above)
+  # High-res self-attention: "full" (every token attends to all hi_seq_len) or "multi_axis"
+  # (the paper's "multi-axis Transformer layers": attention within attn_block x attn_block
+  # blocks, then across a dilated attn_grid x attn_grid grid; layers.WindowAttention).
+  hi_attention: str = "full"
+  attn_block: int = 8
+  attn_grid: int = 8
 
   def __post_init__(self):
     for f in ("codebook_size", "lo_codebook_size", "lo_grid_size", "hi_grid_size", "text_dim",
@@ -59,6 +65,17 @@ class SuperResConfig:
     if self.hidden_size % self.num_heads:
       raise ValueError(f"model.hidden_size={self.hidden_size} must be divisible by "
                        f"model.num_heads={self.num_heads}")
+    if self.hi_attention not in ("full", "multi_axis"):
+      raise ValueError(f"model.hi_attention must be 'full' or 'multi_axis', got "
+                       f"{self.hi_attention!r}")
+    if self.hi_attention == "multi_axis":
+      for f in ("attn_block", "attn_grid"):
+        size = getattr(self, f)
+        if size <= 0 or self.hi_grid_size % size:
+          raise ValueError(f"model.{f}={size} must divide model.hi_grid_size="
+                           f"{self.hi_grid_size}: multi-axis attention splits the "
+                           f"{self.hi_grid_size}x{self.hi_grid_size} high-res grid into "
+                           f"{f[5:]}s of {size}x{size} tokens")
     layers.remat_policy(self.remat)   # an unknown name fails here, at config time
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
@@ -127,8 +144,11 @@ class SuperResTransformer(nn.Module):
     self.hi_embed = TokenEmbedding(c.hi_stream)
     if c.lo_grid_add:
       self.lo_to_hi = layers.dense(c.hidden_size, (axes.EMBED, axes.MLP), dt, name="lo_to_hi")
+    multi_axis = ((c.hi_grid_size, c.attn_block, c.attn_grid)
+                  if c.hi_attention == "multi_axis" else ())
     self.hi_blocks = layers.BlockStack(c.hi_num_layers, c.num_heads, c.head_dim, c.mlp_dim,
-                                       cross_attention=True, remat=c.remat, dtype=dt)
+                                       cross_attention=True, remat=c.remat, dtype=dt,
+                                       multi_axis=multi_axis)
     self.ln_final = layers.layer_norm(dt)
     self.head = OutputHead(c.hi_stream)
 
