@@ -86,7 +86,7 @@ def test_superres_multi_axis_gradients_reach_both_phases():
   assert "self_attn" not in layer
   # Over the real codes only: the padded vocabulary entries hold -inf-like logits.
   loss = lambda p: jnp.mean(model.apply(p, *args)[..., :CFG.codebook_size] ** 2)
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   for phase in ("block_attn", "grid_attn"):
     g = grads["params"]["hi_blocks"]["layers"][phase]["attn"]["query"]["kernel"]
     assert np.abs(np.asarray(g)).max() > 0, phase
