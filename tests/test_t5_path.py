@@ -64,7 +64,8 @@ def test_sampling_reads_the_same_t5(run, tmp_path, capsys):
   assert "records no text_encoder.path" in err and "--text-encoder-path" in err
   assert sample.main(argv + ["--text-encoder-path", t5]) == 0
   assert sorted(p.name for p in out.glob("*.png")) == [
-      "000_00.png", "000_01.png", "001_00.png", "001_01.png", "grid.png"]
+      "000_00.png", "000_01.png", "000_grid.png", "001_00.png", "001_01.png", "001_grid.png",
+      "grid.png"]
   # The states muse-sample conditions on are the states the stage trained on.
   pipe = Pipeline(PipelinePaths(base=base, tokenizer=tok, text_encoder=t5))
   records = preencoded.PreEncodedSource(str(run / "enc" / "train-*"), TEXT_LENGTH,
