@@ -129,6 +129,20 @@ class Cascade:
   vq_cfg: VQGANConfig
   text_length: int
 
+  def __post_init__(self):
+    """The stages must fit together (Pipeline checks the same, naming the checkpoints first)."""
+    last = self.sr_cfg or self.base_cfg
+    if self.vq_cfg.codebook_size != last.codebook_size:
+      raise ValueError(f"the output tokenizer has {self.vq_cfg.codebook_size} codes but the last "
+                       f"stage predicts {last.codebook_size}")
+    s, b = self.sr_cfg, self.base_cfg
+    if s is not None and (s.lo_grid_size != b.grid_size or s.lo_codebook_size != b.codebook_size):
+      raise ValueError(f"the super-res config reads a {s.lo_grid_size}x{s.lo_grid_size} grid of "
+                       f"{s.lo_codebook_size} codes but the base makes {b.grid_size}x"
+                       f"{b.grid_size} of {b.codebook_size}")
+    if s is not None and s.text_dim != b.text_dim:
+      raise ValueError(f"super-res text width {s.text_dim} != base {b.text_dim}")
+
   @property
   def output_grid(self) -> int:
     return self.sr_cfg.hi_grid_size if self.sr_cfg is not None else self.base_cfg.grid_size
@@ -146,10 +160,12 @@ class Cascade:
                 ids(self.sr_cfg.lo_seq_len), *text)
     return base, sr
 
-  def param_shardings(self, mesh, rules):
-    """(base, super-res or None) params' shardings by their logical axes under `rules`."""
+  @staticmethod
+  def param_shardings(boxed_pair, mesh, rules):
+    """abstract_boxed()'s (base, super-res or None) -> their shardings by their logical axes
+    under `rules`."""
     return tuple(None if boxed is None else mesh_lib.tree_shardings(mesh, rules, boxed)
-                 for boxed in self.abstract_boxed())
+                 for boxed in boxed_pair)
 
   def decode_images(self, vq_params, tokens_BxK):
     """Traceable: output-tokenizer ids (flat grid) -> images in [0, 1], float32."""
@@ -250,8 +266,8 @@ class Pipeline:
 
     self.cascade = Cascade(self.base_cfg, self.sr_cfg, self.output_tokenizer.cfg,
                            self.text_cfg.max_length)
-    self.base_shardings, self.sr_shardings = self.cascade.param_shardings(self.mesh, self.rules)
-    base_abstract, sr_abstract = self.cascade.abstract_boxed()
+    base_abstract, sr_abstract = boxed = self.cascade.abstract_boxed()
+    self.base_shardings, self.sr_shardings = Cascade.param_shardings(boxed, self.mesh, self.rules)
     self.base_params = self._place_params(paths.base, base_abstract, self.base_shardings)
     self.sr_params = None
     if self.has_superres:
@@ -492,10 +508,11 @@ def lower_cascade(cascade: Cascade, text_model: nn.Module, mesh, rules, batch: i
 
   text_boxed = text_encoder_lib.abstract_params(text_model, t)
   text_shardings = mesh_lib.tree_shardings(mesh, rules, text_boxed)
-  base_boxed, sr_boxed = cascade.abstract_boxed()
-  base_shardings, sr_shardings = cascade.param_shardings(mesh, rules)
+  base_boxed, sr_boxed = boxed = cascade.abstract_boxed()
+  base_shardings, sr_shardings = Cascade.param_shardings(boxed, mesh, rules)
+  f = cascade.vq_cfg.factor     # the smallest image the tokenizer encodes: one token
   vq_boxed = jax.eval_shape(VQGAN(cascade.vq_cfg).init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))["params"]
+                            jax.ShapeDtypeStruct((1, f, f, 3), jnp.float32))["params"]
   vq = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                     nn.unbox(vq_boxed))
   # The key dtype taken outside the mesh: a compile-only mesh cannot run the key's creation.

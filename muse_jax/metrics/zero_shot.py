@@ -13,7 +13,6 @@ as soon as it is done, and a re-run skips the batches already there, so a preemp
 evaluation resumes where it stopped. Batch i is sampled with seed + i, so a resumed run equals an
 uninterrupted one.
 """
-import io
 import json
 import os
 
@@ -21,7 +20,7 @@ import numpy as np
 import PIL.Image
 import tqdm
 
-from muse_jax.data import sources
+from muse_jax.data import preprocess, sources
 from muse_jax.metrics import fid
 
 
@@ -44,7 +43,8 @@ def square_image(im: PIL.Image.Image, resolution: int) -> np.ndarray:
 
 def read_references(source, num: int, resolution: int) -> tuple:
   """(captions, images [N, R, R, 3] uint8, skipped {reason: count}) of the first `num` records
-  with a readable image and a non-empty caption; the others are skipped and counted."""
+  with a readable image and a non-empty caption; the others are skipped and counted (any
+  reason preprocess.decode_image gives counts as unreadable_image)."""
   captions, images = [], []
   skipped = {"no_caption": 0, "unreadable_image": 0}
   for i in range(len(source)):
@@ -56,14 +56,8 @@ def read_references(source, num: int, resolution: int) -> tuple:
       skipped["no_caption"] += 1
       continue
     try:
-      if "image" in rec:
-        im = PIL.Image.fromarray(np.asarray(rec["image"], np.uint8))
-      elif "image_bytes" in rec:
-        im = PIL.Image.open(io.BytesIO(rec["image_bytes"]))
-      else:
-        raise OSError(rec.get("skip", "no image"))
-      images.append(square_image(im, resolution))
-    except OSError:
+      images.append(square_image(preprocess.decode_image(rec), resolution))
+    except preprocess.SkipRecord:
       skipped["unreadable_image"] += 1
       continue
     captions.append(caption.strip())
