@@ -213,7 +213,7 @@ def load_config(path) -> dict:
   """The config (as a plain dict) saved with a training checkpoint (see step_dir for `path`), or
   the one an export carries."""
   if is_export(path):
-    return load_export(path)[0]
+    return _export_meta(path)["config"]   # config.json only: the params are not read
   directory = step_dir(path) / "config"
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
     return reader.restore(directory)
@@ -252,13 +252,19 @@ def save_export(out_dir, params, config: dict, metadata: dict | None = None) -> 
 def load_export(path) -> tuple:
   """An export folder -> (training config dict, params tree of float32 numpy)."""
   path = paths.resolve(os.fspath(path))
+  meta = _export_meta(path)
+  flat = st_numpy.load_file(os.path.join(path, EXPORT_PARAMS))
+  return meta["config"], flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _export_meta(path) -> dict:
+  """An export's config.json contents (format, training config, metadata), checked."""
+  path = paths.resolve(os.fspath(path))
   if not is_export(path):
     raise CheckpointError(f"{path} is not an export (expected {EXPORT_CONFIG} and "
                           f"{EXPORT_PARAMS}, as muse-ema writes)")
   with open(os.path.join(path, EXPORT_CONFIG)) as f:
     meta = json.load(f)
-  if meta.get("format") != EXPORT_FORMAT or "config" not in meta:
-    raise CheckpointError(f"{path}/{EXPORT_CONFIG} is not a {EXPORT_FORMAT} export (format "
-                          f"{meta.get('format')!r})")
-  flat = st_numpy.load_file(os.path.join(path, EXPORT_PARAMS))
-  return meta["config"], flax.traverse_util.unflatten_dict(flat, sep="/")
+  if "config" not in meta:
+    raise CheckpointError(f"{path}/{EXPORT_CONFIG} has no training config")
+  return meta
